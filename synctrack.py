@@ -24,10 +24,15 @@ Notation (code name -> paper symbol):
     B batch, S tracks (s), C channels, T time frames (t), F frequency bins (f), L tokens per track (T·F), N audio samples
     z: latent z^s (Eq. 1), z_t / x: noisy latent z_l, t: diffusion step l, eps: ε, alpha_bar: ᾱ_l
 """
+import json
 import math
 import os
+import pathlib
+import pickle
+import re
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,6 +57,7 @@ class SyncTrackConfig:
     num_res_blocks: int = 2                # Table A3
     attention_ds: tuple = (2, 4, 8)        # official attention_resolutions: downsampling factors with attention
     head_channels: int = 32                # official num_head_channels
+    norm_groups: int = 32                  # official GroupNorm32
     prior_hidden: int = 128                # Table A3 row 4-4: instrument prior MLP width
     # §3 variants: "paper" = Eq. 5 as written; "official" = what the released weights compute (README "Differences")
     variant: str = "paper"
@@ -75,8 +81,8 @@ class SyncTrackConfig:
             tuple(self.attention_ds)
         if self.variant not in ("paper", "official"):
             raise ValueError(f"variant must be 'paper' or 'official', got {self.variant!r}")
-        if self.model_channels % 32:
-            raise ValueError("model_channels must be a multiple of 32 (GroupNorm with 32 groups)")
+        if self.model_channels % self.norm_groups:
+            raise ValueError(f"model_channels must be a multiple of norm_groups ({self.norm_groups})")
 
     @property
     def time_embed_dim(self):
@@ -147,8 +153,8 @@ class InstrumentPrior(nn.Module):
 # ResBlock (Fig. 3b): conv stage 1, + projected [time ‖ instrument] embedding, conv stage 2
 # ----------------------------------------------------------------------------------------------------------------------
 
-def group_norm(ch, eps=1e-5):
-    return nn.GroupNorm(32, ch, eps=eps)
+def group_norm(groups, ch, eps=1e-5):
+    return nn.GroupNorm(groups, ch, eps=eps)
 
 
 def zero_init(module):
@@ -162,11 +168,11 @@ class ResBlock(nn.Module):
     """ADM ResBlock. The paper's "first ResBlock + instrument prior + second ResBlock" (§3) is this block's two conv
     stages with the embedding added in between; every ResBlock of the UNet sees the prior (official)."""
 
-    def __init__(self, ch_in, emb_dim, ch_out):
+    def __init__(self, ch_in, emb_dim, ch_out, groups):
         super().__init__()
-        self.in_layers = nn.Sequential(group_norm(ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
+        self.in_layers = nn.Sequential(group_norm(groups, ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, ch_out))
-        self.out_layers = nn.Sequential(group_norm(ch_out), nn.SiLU(), nn.Dropout(0.0),
+        self.out_layers = nn.Sequential(group_norm(groups, ch_out), nn.SiLU(), nn.Dropout(0.0),
                                         zero_init(nn.Conv2d(ch_out, ch_out, 3, padding=1)))
         self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
 
@@ -297,7 +303,7 @@ class TrackSharedTransformer(nn.Module):
         super().__init__()
         heads = ch // cfg.head_channels
         self.reorder = cfg.reorder
-        self.norm = group_norm(ch, eps=1e-6)
+        self.norm = group_norm(cfg.norm_groups, ch, eps=1e-6)
         self.proj_in = nn.Conv2d(ch, ch, 1)
         self.norm1, self.attn1 = nn.LayerNorm(ch), Attention(ch, heads)
         self.global_attn = GlobalCrossTrackAttention(ch, heads, len(cfg.tracks)) if use_global else None
@@ -361,7 +367,7 @@ class SyncTrack(nn.Module):
     def __init__(self, cfg: SyncTrackConfig):
         super().__init__()
         self.config = cfg
-        mc, E, S = cfg.model_channels, cfg.time_embed_dim, len(cfg.tracks)
+        mc, E, S, G = cfg.model_channels, cfg.time_embed_dim, len(cfg.tracks), cfg.norm_groups
         emb_dim = 2 * E if cfg.instrument_prior else E   # [time ‖ instrument prior] (official concat; Table A3 4-8)
         self.time_embed = nn.Sequential(nn.Linear(mc, E), nn.SiLU(), nn.Linear(E, E))
         self.instrument_prior = InstrumentPrior(S, cfg.prior_hidden, E) if cfg.instrument_prior else None
@@ -373,14 +379,14 @@ class SyncTrack(nn.Module):
             n_transformers += 1
             use_global = cfg.global_attention and not (cfg.alternate and odd)
             use_time = cfg.time_attention and not (cfg.alternate and not odd)
-            return [ResBlock(ch_in, emb_dim, ch_out), TrackSharedTransformer(ch_out, cfg, use_global, use_time)]
+            return [ResBlock(ch_in, emb_dim, ch_out, G), TrackSharedTransformer(ch_out, cfg, use_global, use_time)]
 
         # Encoder: the channel count of every block output is remembered for the skip connections.
         self.input_blocks = nn.ModuleList([TrackSpecificModule([nn.Conv2d(cfg.latent_channels, mc, 3, padding=1)])])
         skip_chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                block = shared(ch, mult * mc) if ds in cfg.attention_ds else [ResBlock(ch, emb_dim, mult * mc)]
+                block = shared(ch, mult * mc) if ds in cfg.attention_ds else [ResBlock(ch, emb_dim, mult * mc, G)]
                 self.input_blocks.append((TrackSharedModule if len(block) > 1 else TrackSpecificModule)(block))
                 ch = mult * mc
                 skip_chans.append(ch)
@@ -388,20 +394,21 @@ class SyncTrack(nn.Module):
                 self.input_blocks.append(TrackSharedModule([Downsample(ch)]))
                 skip_chans.append(ch)
                 ds *= 2
-        res_in, attn, res_out = ResBlock(ch, emb_dim, ch), shared(ch, ch)[1], ResBlock(ch, emb_dim, ch)
+        res_in, attn, res_out = ResBlock(ch, emb_dim, ch, G), shared(ch, ch)[1], ResBlock(ch, emb_dim, ch, G)
         self.middle_block = TrackSharedModule([res_in, attn, res_out])
         # Decoder: each block takes the previous output concatenated with a skip.
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 ch_in = ch + skip_chans.pop()
-                block = shared(ch_in, mult * mc) if ds in cfg.attention_ds else [ResBlock(ch_in, emb_dim, mult * mc)]
+                block = shared(ch_in, mult * mc) if ds in cfg.attention_ds else [ResBlock(ch_in, emb_dim, mult * mc, G)]
                 ch = mult * mc
                 if level and i == cfg.num_res_blocks:
                     block.append(Upsample(ch))
                     ds //= 2
                 self.output_blocks.append((TrackSpecificModule if len(block) == 1 else TrackSharedModule)(block))
-        self.out = nn.Sequential(group_norm(mc), nn.SiLU(), zero_init(nn.Conv2d(mc, cfg.latent_channels, 3, padding=1)))
+        self.out = nn.Sequential(group_norm(cfg.norm_groups, mc), nn.SiLU(),
+                                 zero_init(nn.Conv2d(mc, cfg.latent_channels, 3, padding=1)))
         self.register_buffer("alphas_cumprod", alpha_bar_schedule(cfg), persistent=False)
 
     def forward(self, z_t, t):
@@ -439,9 +446,10 @@ def q_sample(z0, t, noise, alpha_bar):
 
 def diffusion_loss(model, z0, generator=None):
     """Eq. (2): L(θ) = E_{ε, z, l} ||ε − ε_θ({z_l^s}_{s=1}^S, l)||², l uniform, one l per sample for all S tracks."""
-    t = torch.randint(0, model.config.n_timesteps, (z0.shape[0],), device=z0.device, generator=generator)
+    alpha_bar = getattr(model, "module", model).alphas_cumprod   # `model` may be wrapped in DistributedDataParallel
+    t = torch.randint(0, len(alpha_bar), (z0.shape[0],), device=z0.device, generator=generator)
     noise = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
-    z_t = q_sample(z0, t, noise, model.alphas_cumprod)
+    z_t = q_sample(z0, t, noise, alpha_bar)
     return F.mse_loss(model(z_t, t).float(), noise.float())
 
 
@@ -490,6 +498,642 @@ def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, gen
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Audio front end: waveform -> log-mel, the "STFT & MelFB" of Eq. (1)
+# Values are the official TacotronSTFT(1024, 160, 1024, 64, 16000, 0, 8000) (research/official-audio-io.md §1.2).
+
+SAMPLE_RATE = 16000  # §5.1: audio resampled to 16 kHz
+MEL_N_FFT = 1024  # Appendix A.5: window size 1024 (n_fft = win_length)
+MEL_HOP = 160  # Appendix A.5: hop length 160
+MEL_BINS = 64  # official config: 64 mel bins, 0-8 kHz
+MEL_FMAX = 8000.0  # official config
+MEL_FLOOR = 1e-5  # official dynamic_range_compression clip value: silence = ln(1e-5) = -11.5129
+
+
+def _hz_to_mel(hz):
+    """Slaney mel scale (librosa htk=False): linear below 1 kHz, 200/3 Hz per mel; logarithmic above, 27 mels per ×6.4."""
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) * 27.0 / np.log(6.4)
+    return np.where(hz >= 1000.0, log_part, hz * 3.0 / 200.0)
+
+
+def _mel_to_hz(mel):
+    """Inverse of `_hz_to_mel`; 15 mels is the 1 kHz break point."""
+    mel = np.asarray(mel, dtype=np.float64)
+    log_part = 1000.0 * np.exp((mel - 15.0) * np.log(6.4) / 27.0)
+    return np.where(mel >= 15.0, log_part, mel * 200.0 / 3.0)
+
+
+def mel_filterbank(sr, n_fft, n_mels, fmin, fmax):
+    """Slaney triangular filterbank with area normalisation, numerically librosa.filters.mel's defaults.
+
+    Returns a float32 array (n_mels, 1 + n_fft // 2) that maps an STFT magnitude to mel bands.
+    """
+    bin_hz = np.fft.rfftfreq(n_fft, d=1.0 / sr)  # centre frequency of every STFT bin
+    # n_mels + 2 edges evenly spaced in mel: band i rises from edge i to i + 1 and falls to i + 2
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    low, centre, high = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bin_hz - low) / (centre - low)
+    falling = (high - bin_hz) / (high - centre)
+    triangles = np.maximum(0.0, np.minimum(rising, falling))
+    # Slaney norm: height 2 / width, so every triangle has unit area in Hz (norm=None differs by up to 0.99)
+    return (triangles * (2.0 / (high - low))).astype(np.float32)
+
+
+def log_mel(wave):
+    """Official log-mel: (..., N) waveform at 16 kHz -> (..., N // 160, 64) natural-log mel, time-major.
+
+    Periodic Hann, centred STFT with reflect padding, magnitude (not power), Slaney mel, ln(max(mel, 1e-5)).
+    Of the 1 + N // 160 centred frames the first N // 160 are kept (1024 for 163840 samples), as the official code does.
+    """
+    lead, n = wave.shape[:-1], wave.shape[-1]
+    x = wave.reshape(-1, n)  # (..., N) -> (B, N)
+    window = torch.hann_window(MEL_N_FFT, periodic=True, dtype=x.dtype, device=x.device)
+    spec = torch.stft(x, MEL_N_FFT, MEL_HOP, MEL_N_FFT, window, center=True, pad_mode="reflect",
+                      return_complex=True).abs()  # (B, 1 + n_fft / 2, 1 + N // hop)
+    basis = torch.from_numpy(mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BINS, 0.0, MEL_FMAX)).to(x)
+    mel = torch.log(torch.clamp(basis @ spec, min=MEL_FLOOR))  # (B, F, 1 + N // hop)
+    frames = n // MEL_HOP
+    return mel[..., :frames].transpose(1, 2).reshape(*lead, frames, MEL_BINS)  # (B, F, T) -> (..., T, F)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# VAE: MusicLDM's AutoencoderKL, VAE_enc of Eq. (1) and VAE_dec of Eq. (3)
+# Module names follow the official LDM code (encoder.down.i.block.j, mid.attn_1, nin_shortcut, ...) so that
+# vae-ckpt.ckpt loads strictly. The log-mel is an image with height T (time) and width F (mel bins).
+
+def _group_norm(channels):
+    """Official `Normalize`: 32 groups, eps 1e-6."""
+    return nn.GroupNorm(32, channels, eps=1e-6)
+
+
+class VAEResnetBlock(nn.Module):
+    """GN -> swish -> conv3x3, twice, plus a skip (1x1 conv where the width changes); dropout 0 in MusicLDM."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.norm1 = _group_norm(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = _group_norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x):  # (B, C_in, T, F) -> (B, C_out, T, F)
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.nin_shortcut(x) + h
+
+
+class VAEAttnBlock(nn.Module):
+    """Single-head self-attention over all T·F positions, with 1x1-conv projections (official names q, k, v, proj_out)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = _group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):  # (B, C, T, F) -> (B, C, T, F)
+        b, c, t, f = x.shape
+        h = self.norm(x)
+        q, k, v = (conv(h).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))  # (B, C, T, F) -> (B, T·F, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √C) v
+        return x + self.proj_out(h.transpose(1, 2).reshape(b, c, t, f))  # (B, T·F, C) -> (B, C, T, F)
+
+
+class VAEDownsample(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x):  # (B, C, T, F) -> (B, C, T/2, F/2)
+        # official asymmetric padding: one extra row and column at the end only
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class VAEUpsample(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):  # (B, C, T, F) -> (B, C, 2T, 2F)
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _vae_mid(channels):
+    """The bottleneck both halves share: ResBlock, attention, ResBlock (official `mid`)."""
+    mid = nn.Module()
+    mid.block_1 = VAEResnetBlock(channels, channels)
+    mid.attn_1 = VAEAttnBlock(channels)
+    mid.block_2 = VAEResnetBlock(channels, channels)
+    return mid
+
+
+class VAEEncoder(nn.Module):
+    def __init__(self, ch, ch_mult, num_res_blocks, in_channels, z_channels):
+        super().__init__()
+        widths = [ch] + [ch * m for m in ch_mult]  # widths[i] enters level i, widths[i + 1] leaves it
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        for i in range(len(ch_mult)):
+            level = nn.Module()
+            level.block = nn.ModuleList([VAEResnetBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1])
+                                         for j in range(num_res_blocks)])
+            if i < len(ch_mult) - 1:  # the coarsest level keeps its resolution
+                level.downsample = VAEDownsample(widths[i + 1])
+            self.down.append(level)
+        self.mid = _vae_mid(widths[-1])
+        self.norm_out = _group_norm(widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], 2 * z_channels, 3, padding=1)  # double_z: mean and log-variance
+
+    def forward(self, x):  # (B, 1, T, F) -> (B, 2·Z, T/4, F/4) for three levels
+        h = self.conv_in(x)
+        for level in self.down:
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VAEDecoder(nn.Module):
+    def __init__(self, ch, ch_mult, num_res_blocks, out_ch, z_channels):
+        super().__init__()
+        width = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, width, 3, padding=1)
+        self.mid = _vae_mid(width)
+        levels = []
+        for i in reversed(range(len(ch_mult))):  # built coarse to fine, stored fine to coarse as the official `up`
+            level = nn.Module()
+            level.block = nn.ModuleList([VAEResnetBlock(width if j == 0 else ch * ch_mult[i], ch * ch_mult[i])
+                                         for j in range(num_res_blocks + 1)])
+            width = ch * ch_mult[i]
+            if i > 0:
+                level.upsample = VAEUpsample(width)
+            levels.insert(0, level)
+        self.up = nn.ModuleList(levels)
+        self.norm_out = _group_norm(width)
+        self.conv_out = nn.Conv2d(width, out_ch, 3, padding=1)
+
+    def forward(self, z):  # (B, Z, T/4, F/4) -> (B, 1, T, F) for three levels
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        for level in reversed(self.up):
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))  # no output activation: the decoder emits the log-mel itself
+
+
+class AutoencoderKL(nn.Module):
+    """MusicLDM's KL-regularised VAE, built from the official `ddconfig` dict (keys it does not use are ignored)."""
+
+    def __init__(self, ddconfig, embed_dim):
+        super().__init__()
+        if not ddconfig.get("double_z", True) or ddconfig.get("attn_resolutions"):
+            raise ValueError(f"ddconfig {ddconfig}: only double_z=True and attn_resolutions=[] (MusicLDM's VAE) "
+                             "are implemented")
+        ch, ch_mult, n_res, z = ddconfig["ch"], ddconfig["ch_mult"], ddconfig["num_res_blocks"], ddconfig["z_channels"]
+        self.encoder = VAEEncoder(ch, ch_mult, n_res, ddconfig["in_channels"], z)
+        self.decoder = VAEDecoder(ch, ch_mult, n_res, ddconfig["out_ch"], z)
+        self.quant_conv = nn.Conv2d(2 * z, 2 * embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(embed_dim, z, 1)
+        self.embed_dim = embed_dim
+        self.downsampling = 2 ** (len(ch_mult) - 1)  # T and F shrink by this factor (4 for MusicLDM)
+
+    def encode(self, mel):
+        """Eq. (1) VAE_enc: log-mel (B, T, F) -> posterior mean and log-variance, each (B, C, T/4, F/4)."""
+        moments = self.quant_conv(self.encoder(mel.unsqueeze(1)))  # (B, T, F) -> (B, 1, T, F) -> (B, 2C, T/4, F/4)
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)  # official DiagonalGaussianDistribution clamp
+
+    def decode(self, z):
+        """Eq. (3) VAE_dec: latent (B, C, T/4, F/4) -> log-mel (B, T, F)."""
+        return self.decoder(self.post_quant_conv(z)).squeeze(1)  # (B, 1, T, F) -> (B, T, F)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# HiFi-GAN vocoder, the HiFiGAN of Eq. (3)
+# The official generator (V1 layout, ResBlock1 regardless of the config's "resblock" key), plain convolutions:
+# checkpoints in weight-norm form are folded at load time (see `fold_weight_norm`).
+
+class HiFiGANResBlock(nn.Module):
+    """Three dilated/undilated conv pairs with residuals; official names convs1 (dilated) and convs2."""
+
+    def __init__(self, channels, kernel, dilations):
+        super().__init__()
+        self.convs1 = nn.ModuleList([nn.Conv1d(channels, channels, kernel, dilation=d, padding=d * (kernel - 1) // 2)
+                                     for d in dilations])
+        self.convs2 = nn.ModuleList([nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2)
+                                     for _ in dilations])
+
+    def forward(self, x):  # (B, C, N) -> (B, C, N)
+        for conv1, conv2 in zip(self.convs1, self.convs2):
+            x = x + conv2(F.leaky_relu(conv1(F.leaky_relu(x, 0.1)), 0.1))
+        return x
+
+
+class HiFiGAN(nn.Module):
+    """HiFi-GAN generator built from the official config_16k_64.json dict (training-only keys are ignored)."""
+
+    def __init__(self, config):
+        super().__init__()
+        width = config["upsample_initial_channel"]
+        self.kernels_per_stage = len(config["resblock_kernel_sizes"])
+        self.conv_pre = nn.Conv1d(config["num_mels"], width, 7, padding=3)
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        for rate, kernel in zip(config["upsample_rates"], config["upsample_kernel_sizes"]):
+            self.ups.append(nn.ConvTranspose1d(width, width // 2, kernel, stride=rate, padding=(kernel - rate) // 2))
+            width //= 2
+            self.resblocks.extend(HiFiGANResBlock(width, k, d)
+                                  for k, d in zip(config["resblock_kernel_sizes"], config["resblock_dilation_sizes"]))
+        self.conv_post = nn.Conv1d(width, 1, 7, padding=3)
+
+    def forward(self, mel):
+        """Natural-log mel (B, F, T) -> waveform (B, 1, 160·T + 32) in (-1, 1).
+
+        The first transposed conv (kernel 16, stride 5, padding 5) yields 5T + 1 frames, hence 32 samples beyond 160·T.
+        """
+        x = self.conv_pre(mel)
+        n = self.kernels_per_stage
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, 0.1))  # (B, C, L) -> (B, C/2, rate·L)
+            # multi-receptive-field fusion: the mean of the stage's parallel residual blocks
+            x = sum(block(x) for block in self.resblocks[i * n:(i + 1) * n]) / n
+        x = self.conv_post(F.leaky_relu(x))  # official quirk: default slope 0.01 here, 0.1 everywhere else
+        return torch.tanh(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoint loading: every format the MusicLDM weights are distributed in
+#   1. Lightning checkpoint (MusicLDM musicldm-ckpt.ckpt or SyncTrack's pretrained one): first_stage_model.* + scale_factor
+#   2. a folder with the official vae-ckpt.ckpt + hifigan-ckpt.ckpt (Zenodo bundle; weight-norm HiFi-GAN)
+#   3. the diffusers folder of ucsd-reach/musicldm: vae/ (AutoencoderKL) + vocoder/ (SpeechT5HifiGan), safetensors or bin
+
+MUSICLDM_DDCONFIG = dict(double_z=True, z_channels=8, resolution=256, in_channels=1, out_ch=1, ch=128,
+                         ch_mult=[1, 2, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)  # official config
+MUSICLDM_EMBED_DIM = 8  # official config: embed_dim 8, latent 8 × 256 × 16 per track
+HIFIGAN_16K_64 = dict(num_mels=64, upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
+                      upsample_initial_channel=1024, resblock_kernel_sizes=[3, 7, 11],
+                      resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]])  # official src/hifigan/config_16k_64.json
+# MusicLDM's scale_factor as published in ucsd-reach/musicldm vae/config.json (converted from musicldm-ckpt.ckpt);
+# used only for the separate vae-ckpt/hifigan-ckpt files, which carry none.
+MUSICLDM_SCALE_FACTOR = 1.075324296951294
+
+
+def _listing(label, items, limit=20):
+    if not items:
+        return ""
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"\n  {label} ({len(items)}): " + ", ".join(items[:limit]) + more
+
+
+def _load_strict(module, state, source):
+    """Load `state` into `module` only if every tensor is claimed and has the right shape; otherwise list the culprits."""
+    expected = module.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong = [f"{k} {tuple(state[k].shape)} vs expected {tuple(expected[k].shape)}"
+             for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{source}: tensors do not match {type(module).__name__}" + _listing("missing", missing)
+                         + _listing("unexpected", unexpected) + _listing("wrong shape", wrong))
+    module.load_state_dict({k: v.float() for k, v in state.items()})
+    return module.eval()
+
+
+def fold_weight_norm(state):
+    """weight_g, weight_v -> weight = v · g / ‖v‖ (torch weight_norm, dim 0: norm over all but the first axis)."""
+    folded = {}
+    for key, value in state.items():
+        base = key[:-2]  # "...weight_v" -> "...weight"
+        if key.endswith(".weight_v") and base + "_g" in state:
+            v, g = value.float(), state[base + "_g"].float()
+            folded[base] = v * (g / v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1)))
+        elif not (key.endswith(".weight_g") and base + "_v" in state):
+            folded[key] = value  # plain tensors pass through; strays are reported by the strict load
+    return folded
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _read_safetensors(path):
+    """Minimal safetensors reader: 8-byte little-endian header size, a JSON header, then the raw tensor bytes."""
+    raw = bytearray(pathlib.Path(path).read_bytes())
+    header_size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_size])
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, expected one of {list(_SAFETENSORS_DTYPES)}")
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        flat = torch.frombuffer(raw, dtype=dtype, count=count, offset=8 + header_size + begin)
+        tensors[name] = flat.reshape(info["shape"]).clone()  # own, aligned storage
+    return tensors
+
+
+def _official_vae_key(key, levels):
+    """diffusers AutoencoderKL tensor name -> official LDM name (research/official-audio-io.md §4.3)."""
+    # diffusers orders decoder levels coarse to fine, LDM fine to coarse: up_blocks.i is up.(levels - 1 - i)
+    renames = [
+        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"encoder.down.{m[1]}.block.{m[2]}."),
+        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
+        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}."),
+        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample."),
+        (r"\.mid_block\.resnets\.(\d+)\.", lambda m: f".mid.block_{int(m[1]) + 1}."),
+        (r"\.mid_block\.attentions\.0\.group_norm\.", lambda m: ".mid.attn_1.norm."),
+        (r"\.mid_block\.attentions\.0\.to_([qkv])\.", lambda m: f".mid.attn_1.{m[1]}."),
+        (r"\.mid_block\.attentions\.0\.to_out\.0\.", lambda m: ".mid.attn_1.proj_out."),
+        (r"\.conv_shortcut\.", lambda m: ".nin_shortcut."),
+        (r"\.conv_norm_out\.", lambda m: ".norm_out."),
+    ]
+    for pattern, rename in renames:
+        key = re.sub(pattern, rename, key)
+    return key
+
+
+def _require(config, expected, source):
+    """Check the config entries that change the architecture; absent keys take the diffusers/transformers default."""
+    for key, (default, want) in expected.items():
+        if config.get(key, default) != want:
+            raise ValueError(f"{source}: {key} = {config.get(key, default)!r}, only {want!r} (MusicLDM) is supported")
+
+
+def _read_config(path):
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (expected in a diffusers MusicLDM folder)")
+    return json.loads(path.read_text())
+
+
+def _weights_file(folder, names, trust):
+    """The first of `names` present in `folder`: safetensors read directly, .bin through the safe torch.load."""
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            return _read_safetensors(path) if path.suffix == ".safetensors" else read_checkpoint(path, trust)
+    raise ValueError(f"{folder}: no weights file, expected one of {names}")
+
+
+def _load_diffusers(folder, trust):
+    """Hugging Face layout: configs translated to ours, tensor names mapped to the official ones."""
+    vae_cfg = _read_config(folder / "vae" / "config.json")
+    voc_cfg = _read_config(folder / "vocoder" / "config.json")
+    levels = len(vae_cfg["block_out_channels"])
+    _require(vae_cfg, {"_class_name": (None, "AutoencoderKL"), "act_fn": ("silu", "silu"),
+                       "norm_num_groups": (32, 32), "mid_block_add_attention": (True, True),
+                       "use_quant_conv": (True, True), "use_post_quant_conv": (True, True),
+                       "down_block_types": (None, ["DownEncoderBlock2D"] * levels),
+                       "up_block_types": (None, ["UpDecoderBlock2D"] * levels)}, folder / "vae" / "config.json")
+    _require(voc_cfg, {"sampling_rate": (16000, SAMPLE_RATE), "leaky_relu_slope": (0.1, 0.1),
+                       "normalize_before": (True, False)}, folder / "vocoder" / "config.json")
+    ch = vae_cfg["block_out_channels"][0]
+    ddconfig = dict(double_z=True, z_channels=vae_cfg["latent_channels"], in_channels=vae_cfg["in_channels"],
+                    out_ch=vae_cfg["out_channels"], ch=ch, ch_mult=[w // ch for w in vae_cfg["block_out_channels"]],
+                    num_res_blocks=vae_cfg["layers_per_block"], attn_resolutions=[])
+    vae = AutoencoderKL(ddconfig, vae_cfg["latent_channels"])
+    vae_state = {}
+    for key, value in _weights_file(folder / "vae", ["diffusion_pytorch_model.safetensors",
+                                                     "diffusion_pytorch_model.bin"], trust).items():
+        key = _official_vae_key(key, levels)
+        if re.search(r"\.attn_1\.(q|k|v|proj_out)\.weight$", key) and value.dim() == 2:
+            value = value[:, :, None, None]  # diffusers attention uses Linear (C, C); LDM 1x1 conv (C, C, 1, 1)
+        vae_state[key] = value
+    vocoder = HiFiGAN(dict(num_mels=voc_cfg["model_in_dim"],
+                           **{k: voc_cfg[k] for k in ["upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel",
+                                                      "resblock_kernel_sizes", "resblock_dilation_sizes"]}))
+    voc_state = {re.sub(r"^upsampler\.", "ups.", k): v
+                 for k, v in _weights_file(folder / "vocoder", ["model.safetensors", "pytorch_model.bin"], trust).items()
+                 if k not in ("mean", "scale")}  # input-normalisation buffers, unused with normalize_before=false
+    return (_load_strict(vae, vae_state, folder / "vae"), _load_strict(vocoder, voc_state, folder / "vocoder"),
+            float(vae_cfg["scaling_factor"]))
+
+
+def _load_official_pair(folder, trust):
+    """The official separate files: a Lightning-style VAE state dict and a weight-norm HiFi-GAN generator."""
+    vae_file = read_checkpoint(folder / "vae-ckpt.ckpt", trust)
+    # loss.* (LPIPS, discriminator) trains the VAE only; vocoder.* is ignored by the official loader too
+    vae_state = {k: v for k, v in vae_file.get("state_dict", vae_file).items()
+                 if not k.startswith(("loss.", "vocoder."))}
+    hifigan_file = read_checkpoint(folder / "hifigan-ckpt.ckpt", trust)
+    if "generator" not in hifigan_file:
+        raise ValueError(f"{folder / 'hifigan-ckpt.ckpt'}: no 'generator' entry (keys: {sorted(hifigan_file)[:10]})")
+    vae = _load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM), vae_state, folder / "vae-ckpt.ckpt")
+    vocoder = _load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(hifigan_file["generator"]),
+                           folder / "hifigan-ckpt.ckpt")
+    return vae, vocoder, MUSICLDM_SCALE_FACTOR
+
+
+def _load_lightning(path, trust):
+    """A MusicLDM or SyncTrack Lightning checkpoint: the first stage is the first_stage_model.* subtree."""
+    checkpoint = read_checkpoint(path, trust)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    prefix = "first_stage_model."
+    if not isinstance(state, dict) or not any(k.startswith(prefix) for k in state):
+        raise ValueError(f"{path}: no first_stage_model.* tensors, so not a MusicLDM/SyncTrack Lightning checkpoint. "
+                         "For the separate vae-ckpt.ckpt and hifigan-ckpt.ckpt, pass the folder that holds both.")
+    if "scale_factor" not in state:
+        raise ValueError(f"{path}: first_stage_model.* found but no scale_factor")
+    vae_state, voc_state = {}, {}
+    for key, value in state.items():
+        if not key.startswith(prefix) or key.startswith(prefix + "loss."):
+            continue  # the denoiser, EMA, CLAP and schedule are not ours; loss.* only trains the VAE
+        name = key[len(prefix):]
+        if name.startswith("vocoder."):
+            voc_state[name[len("vocoder."):]] = value
+        else:
+            vae_state[name] = value  # anything but encoder/decoder/quant convs is reported by the strict load
+    vae = _load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM), vae_state, f"{path} ({prefix}*)")
+    vocoder = _load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(voc_state), f"{path} ({prefix}vocoder.*)")
+    return vae, vocoder, float(state["scale_factor"])
+
+
+def load_first_stage(path, trust=False):
+    """Load MusicLDM's VAE and HiFi-GAN -> (AutoencoderKL, HiFiGAN, scale_factor), both modules in eval mode.
+
+    `path` is a Lightning .ckpt (first_stage_model.*), a folder with vae-ckpt.ckpt + hifigan-ckpt.ckpt, or a diffusers
+    folder (vae/, vocoder/). Pickle-based files are read with torch.load(weights_only=True) unless `trust` is set.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        if (path / "vae" / "config.json").is_file():
+            return _load_diffusers(path, trust)
+        if (path / "vae-ckpt.ckpt").is_file() and (path / "hifigan-ckpt.ckpt").is_file():
+            return _load_official_pair(path, trust)
+        raise ValueError(f"{path}: expected a diffusers MusicLDM folder (vae/config.json, vocoder/config.json) "
+                         "or a folder with vae-ckpt.ckpt and hifigan-ckpt.ckpt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+    return _load_lightning(path, trust)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# First stages: the latent interface the denoiser is trained and sampled in
+# Both stages take (B, S, N) waveforms at 16 kHz and give (B, S, C, T, F) latents; the rest of the pipeline does not
+# care which one it holds. N must be a multiple of 640 = hop 160 × the 4× time downsampling.
+
+def _check_wave(wave, multiple):
+    """Validate a (B, S, N) float waveform batch; the sample rate cannot be checked from a tensor, so it is assumed."""
+    if wave.dim() != 3 or wave.shape[-1] == 0 or wave.shape[-1] % multiple or not wave.is_floating_point():
+        raise ValueError(f"expected mono {SAMPLE_RATE} Hz float audio of shape (B, S, N) with N a positive multiple of "
+                         f"{multiple} (10.24 s = 163840 samples); got {wave.dtype} of shape {tuple(wave.shape)}")
+    peak = wave.abs().max().item()
+    if peak > 1.0:  # the official TacotronSTFT asserts this; it catches int16-scaled audio
+        raise ValueError(f"expected audio in [-1, 1]; got peak {peak:.4g} (divide int16 samples by 32768)")
+    return wave.shape
+
+
+def _check_latent(z, channels, bins):
+    if z.dim() != 5 or z.shape[2] != channels or z.shape[3] == 0 or z.shape[4] != bins:
+        raise ValueError(f"expected a latent of shape (B, S, {channels}, T, {bins}); got {tuple(z.shape)}")
+    return z.shape
+
+
+class MusicLDMFirstStage(nn.Module):
+    """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z / scale))."""
+
+    sample_rate = SAMPLE_RATE
+    latent_channels = MUSICLDM_EMBED_DIM
+
+    def __init__(self, vae, vocoder, scale_factor):
+        super().__init__()
+        # frozen first stage: SyncTrack trains only the denoiser, so no gradients and inference-mode layers
+        self.vae = vae.eval().requires_grad_(False)
+        self.vocoder = vocoder.eval().requires_grad_(False)
+        self.scale_factor = float(scale_factor)  # brings the latents to about unit variance for the diffusion
+        self.latent_channels = vae.embed_dim
+        self.multiple = MEL_HOP * vae.downsampling  # samples per latent time step
+
+    def latent_shape(self, n_samples):
+        """(C, T, F) of one track's latent for an n_samples waveform: (8, 256, 16) for 10.24 s."""
+        if n_samples <= 0 or n_samples % self.multiple:
+            raise ValueError(f"n_samples must be a positive multiple of {self.multiple}; got {n_samples}")
+        d = self.vae.downsampling
+        return (self.latent_channels, n_samples // MEL_HOP // d, MEL_BINS // d)
+
+    @torch.no_grad()
+    def encode(self, wave, sample=True, generator=None):
+        """(B, S, N) waveform -> (B, S, C, T, F) scaled latent.
+
+        sample=True draws from the posterior as the official training target does (`generator` on wave's device);
+        sample=False returns the posterior mean.
+        """
+        b, s, n = _check_wave(wave, self.multiple)
+        mean, logvar = self.vae.encode(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, C, T/4, F/4)
+        z = mean
+        if sample:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            z = mean + torch.exp(0.5 * logvar) * noise
+        return (self.scale_factor * z).reshape(b, s, *z.shape[1:])  # (B·S, C, T, F) -> (B, S, C, T, F)
+
+    @torch.no_grad()
+    def decode(self, z):
+        """(B, S, C, T, F) scaled latent -> (B, S, N) waveform, N = 640·T."""
+        b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.vae.downsampling)[:2]
+        mel = self.vae.decode(z.flatten(0, 1) / self.scale_factor)  # (B·S, C, T, F) -> (B·S, 4T, 64)
+        wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N + 32)
+        n = mel.shape[1] * MEL_HOP
+        # the vocoder makes 32 samples more than the clip (the official eval keeps them): trim so lengths round-trip
+        return wave[:, 0, :n].reshape(b, s, n)  # (B·S, N) -> (B, S, N)
+
+
+class OfflineFirstStage(nn.Module):
+    """Weight-free first stage for teaching and tests, used when no MusicLDM weights are given.
+
+    The latent is the log-mel itself, normalised by fixed constants and folded 4×4 into channels (pixel-unshuffle):
+    (T, 64) -> (16, T/4, 16), exactly invertible. Audio comes back through Griffin-Lim, so it sounds phasey.
+    """
+
+    sample_rate = SAMPLE_RATE
+    latent_channels = 16
+    fold = 4  # 4×4 patches, matching MusicLDM's 4× downsampling of T and F
+    # Log-mel statistics of Slakh2100 (co-author variant config comment "mean: -4.63, std: 2.74"): unit-scale latents
+    mel_mean, mel_std = -4.63, 2.74
+    mel_ceiling = math.log(100.0)  # above the log-mel of any full-scale 16 kHz signal (its mel stays below ~30)
+    momentum = 0.99  # fast Griffin-Lim (Perraudin et al., 2013) acceleration, torchaudio's default
+
+    def __init__(self, griffin_lim_iters=32):
+        super().__init__()
+        # 32 iterations: spectral convergence about 0.15, about 2 s per 10.24 s track on 2 CPU cores
+        self.griffin_lim_iters = griffin_lim_iters
+        self.multiple = MEL_HOP * self.fold
+        basis = mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BINS, 0.0, MEL_FMAX).astype(np.float64)
+        # minimum-norm least-squares inverse of the filterbank: mel magnitudes -> linear STFT magnitudes
+        # (numpy's pinv: torch.linalg.pinv takes ~100x longer on CPU for this 64 x 513 matrix)
+        inverse = torch.from_numpy(np.linalg.pinv(basis)).float()  # (513, F)
+        self.register_buffer("mel_inverse", inverse, persistent=False)
+        self.register_buffer("window", torch.hann_window(MEL_N_FFT, periodic=True), persistent=False)
+
+    def latent_shape(self, n_samples):
+        """(C, T, F) of one track's latent: (16, 256, 16) for 10.24 s."""
+        if n_samples <= 0 or n_samples % self.multiple:
+            raise ValueError(f"n_samples must be a positive multiple of {self.multiple}; got {n_samples}")
+        return (self.latent_channels, n_samples // self.multiple, MEL_BINS // self.fold)
+
+    def mel_to_latent(self, mel):  # (B, T, F) -> (B, 16, T/4, F/4)
+        x = (mel - self.mel_mean) / self.mel_std
+        return F.pixel_unshuffle(x.unsqueeze(1), self.fold)  # channel 4·(t mod 4) + (f mod 4) holds mel[4t' + ., 4f' + .]
+
+    def latent_to_mel(self, z):  # (B, 16, T/4, F/4) -> (B, T, F), the exact inverse of mel_to_latent
+        return F.pixel_shuffle(z, self.fold).squeeze(1) * self.mel_std + self.mel_mean
+
+    @torch.no_grad()
+    def encode(self, wave, sample=True, generator=None):
+        """(B, S, N) waveform -> (B, S, 16, N/640, 16); deterministic, so `sample` and `generator` are ignored."""
+        b, s, n = _check_wave(wave, self.multiple)
+        z = self.mel_to_latent(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, 16, T/4, F/4)
+        return z.reshape(b, s, *z.shape[1:])  # (B·S, C, T, F) -> (B, S, C, T, F)
+
+    @torch.no_grad()
+    def decode(self, z):
+        """(B, S, 16, T, 16) -> (B, S, N) waveform through Griffin-Lim, N = 640·T."""
+        b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.fold)[:2]
+        mel = self.latent_to_mel(z.flatten(0, 1))  # (B, S, C, T, F) -> (B·S, 4T, 64)
+        n = mel.shape[1] * MEL_HOP
+        return self.griffin_lim(mel, n).reshape(b, s, n)  # (B·S, N) -> (B, S, N)
+
+    def _stft(self, x):  # (B, N) -> (B, 513, N / hop + 1), the front end's STFT
+        return torch.stft(x, MEL_N_FFT, MEL_HOP, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)
+
+    def _istft(self, spec, n_samples):  # (B, 513, N / hop + 1) -> (B, N)
+        return torch.istft(spec, MEL_N_FFT, MEL_HOP, window=self.window, center=True, length=n_samples)
+
+    def griffin_lim(self, mel, n_samples):
+        """Log-mel (B, T, F) -> waveform (B, n_samples) by fast Griffin-Lim from zero phase."""
+        # 1. log-mel -> linear STFT magnitude: least squares through the filterbank, negatives clamped. A generated
+        #    log-mel can leave the range of real audio; clamp it there so exp() stays finite.
+        mel = mel.clamp(math.log(MEL_FLOOR), self.mel_ceiling)
+        magnitude = (self.mel_inverse @ mel.exp().transpose(1, 2)).clamp(min=0.0)  # (B, T, F) -> (B, 513, T)
+        # 2. the front end dropped the last of the 1 + N/hop centred frames: repeat the final frame in its place
+        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # (B, 513, T + 1)
+        spec = magnitude.to(torch.complex64)
+        previous = torch.zeros_like(spec)
+        for _ in range(self.griffin_lim_iters):
+            # 3. project onto consistent spectrograms (STFTs of some signal)
+            rebuilt = self._stft(self._istft(spec, n_samples))
+            # 4. momentum step, then keep the phase and impose the target magnitude
+            accelerated = rebuilt + self.momentum * (rebuilt - previous)
+            previous = rebuilt
+            spec = magnitude * accelerated / accelerated.abs().clamp(min=1e-8)
+        return self._istft(spec, n_samples)
+
+
+def make_first_stage(spec, trust=False):
+    """None or "offline" -> OfflineFirstStage(); a checkpoint path or folder -> MusicLDMFirstStage(load_first_stage(...))."""
+    if spec is None or spec == "offline":
+        return OfflineFirstStage()
+    return MusicLDMFirstStage(*load_first_stage(spec, trust))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Checkpoints: the official SyncTrack / MusicLDM weights, and our own
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -526,7 +1170,7 @@ def read_checkpoint(path, trust=False):
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for objects beyond plain tensors
+    except pickle.UnpicklingError as e:  # weights_only refuses objects beyond tensors and plain containers
         if not trust:
             raise ValueError(f"{path}: this checkpoint stores pickled Python objects (e.g. a Lightning checkpoint); "
                              f"load it only if you trust its source, with trust=True (--trust)") from e
@@ -591,12 +1235,21 @@ def save_checkpoint(path, model, **extra):
     os.replace(tmp, path)
 
 
-def load_model(path, ema=True, map_location="cpu"):
-    """Rebuild SyncTrack from one of our checkpoints (config inside); EMA weights when present and ema=True.
-    Returns (model, checkpoint dict)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+def export_checkpoint(src, dst):
+    """A small file to ship or share: the config and the EMA weights in float16 (load_model reads it)."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    weights = ckpt.get("ema") or ckpt["model"]
+    torch.save({"config": ckpt["config"], "model": {k: v.half() if v.is_floating_point() else v
+                                                    for k, v in weights.items()}, "step": ckpt.get("step")}, dst)
+
+
+def load_model(src, ema=True):
+    """Rebuild SyncTrack from one of our checkpoints (a path or its loaded dict; the config is inside), with the EMA
+    weights when present and ema=True. Returns (model in eval mode, checkpoint dict)."""
+    name = "checkpoint" if isinstance(src, dict) else src
+    ckpt = src if isinstance(src, dict) else torch.load(src, map_location="cpu", weights_only=True)
     if "config" not in ckpt or "model" not in ckpt:
-        raise KeyError(f"{path}: not a SyncTrack-minimal checkpoint (no 'config'/'model'); "
+        raise KeyError(f"{name}: not a SyncTrack-minimal checkpoint (no 'config'/'model'); "
                        f"for official checkpoints use load_official")
     model = SyncTrack(SyncTrackConfig.from_dict(ckpt["config"]))
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
