@@ -1,0 +1,388 @@
+"""Data for SyncTrack: four aligned tracks (bass, drums, guitar, piano) of 16 kHz audio, cut into clips.
+
+Data loading is its own file because it does not depend on the model (only on its track order): train.py, sample.py
+and the tests share it, and someone who only wants Slakh2100 clips can use it without models or checkpoints.
+
+Map of the file:
+  read_audio      any sound file -> float32 mono at 16 kHz (soundfile + scipy.signal.resample_poly)
+  toy_song        a procedural 4-track song, deterministic by seed (tests, CPU demo, rhythm ground truth)
+  ToyDataset      clips of toy songs held in memory
+  SlakhDataset    clips of Slakh2100 in either layout, decoded once into a cache and memory-mapped (§5.1, App. A)
+  ClipSampler     shuffle + shard + epoch-dependent random offsets, resumable mid-epoch
+  make_loader     the DataLoader train.py uses
+
+Notation: S tracks (4, in TRACKS order), N samples of a song, c samples of a clip.
+Every item is a float32 tensor (S, c). Silence is data: an absent instrument is an all-zero track, as in the official code.
+"""
+import hashlib
+import math
+import os
+import pathlib
+
+import numpy as np
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+from tqdm import tqdm
+
+from synctrack import TRACKS  # the paper's order; track s of every item is TRACKS[s]
+
+SAMPLE_RATE = 16000  # §5.1: all audio is 16 kHz
+SLAKH_CLASSES = ("Bass", "Drums", "Guitar", "Piano")  # Slakh metadata `inst_class` of each track, same order
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Audio files
+
+
+def read_audio(path, sr=SAMPLE_RATE):
+    """Read a sound file as float32 mono at `sr` Hz: channels are averaged, the rate is converted with resample_poly.
+
+    Raises ValueError naming the file when it cannot be decoded or holds NaN/inf samples.
+    """
+    try:
+        x, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
+    except RuntimeError as e:  # soundfile's LibsndfileError: unreadable, missing or not audio
+        raise ValueError(f"cannot decode {path}: {e}") from None
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path} contains NaN or infinite samples")
+    x = x.mean(axis=1)  # stereo -> mono
+    if file_sr != sr:
+        g = math.gcd(file_sr, sr)
+        x = resample_poly(x, sr // g, file_sr // g)  # polyphase FIR, e.g. 44.1k -> 16k is up 160, down 441
+    return x.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Toy songs: drums, bass, guitar-like plucks and piano-like chords over one tempo and meter
+
+
+def _tempo(rng):
+    """First draws of every toy song, so toy_tempo can recover them without rendering."""
+    bpm = rng.uniform(105, 145)  # slower songs get double tempo from madmom on ~4% of 10 s tracks; these get none
+    beats_per_bar = int(rng.choice([3, 4], p=[0.25, 0.75]))
+    return bpm, beats_per_bar
+
+
+def toy_tempo(seed):
+    """(bpm, beats_per_bar) of toy_song(seed): the ground truth for beat-tracking checks. Beat k is at k·60/bpm s."""
+    return _tempo(np.random.default_rng(seed))
+
+
+def _tone(midi, seconds, decay, bright, sr):
+    """A struck/plucked tone: harmonics 1/k·bright^k, higher ones dying faster, 1.5 ms attack for a crisp onset."""
+    f0 = 440.0 * 2 ** ((midi - 69) / 12)
+    t = np.arange(int(seconds * sr), dtype=np.float32) / sr
+    k = np.arange(1, 9, dtype=np.float32)[:, None]
+    k = k[k[:, 0] * f0 < sr / 2]  # stay below Nyquist
+    x = (bright ** k / k * np.sin(2 * np.pi * k * f0 * t) * np.exp(-decay * np.sqrt(k) * t)).sum(0)
+    x *= np.minimum(1, t / 0.0015) * np.minimum(1, (t[-1] - t) / 0.01)  # attack ramp, 10 ms fade-out at the cut
+    return x / np.abs(x).max()
+
+
+def toy_song(seed, seconds, sr=SAMPLE_RATE):
+    """A random 4-track song, float32 (S, N), deterministic by seed.
+
+    One tempo (105-145 BPM), meter (3/4 or 4/4), key and 4-bar chord loop per song. Every pitched track strikes every beat
+    (plus random off-beats) and the drums play kick/snare/hat patterns, so a beat tracker finds the beat in each track alone.
+    """
+    rng = np.random.default_rng(seed)
+    bpm, meter = _tempo(rng)
+    n = int(round(seconds * sr))
+    beat = 60 / bpm
+    key = int(rng.integers(36, 48))  # tonic of the bass register, C2..B2
+    scale = [0, 2, 4, 5, 7, 9, 11] if rng.random() < 0.5 else [0, 2, 3, 5, 7, 8, 10]  # major or natural minor
+    chords = [0] + list(rng.choice([1, 2, 3, 4, 5], size=3))  # scale degrees, one chord per bar
+
+    def pitch(degree, octave):  # MIDI note of a scale degree (may exceed 7) in an octave above the key
+        return key + 12 * (octave + degree // 7) + scale[degree % 7]
+
+    t = np.arange(int(0.3 * sr)) / sr
+    noise = rng.standard_normal(len(t))
+    kick = np.sin(2 * np.pi * np.cumsum(45 + 90 * np.exp(-t / 0.03)) / sr) * np.exp(-t / 0.1)
+    snare = (0.7 * noise + 0.5 * np.sin(2 * np.pi * 190 * t)) * np.exp(-t / 0.05)
+    hat = np.diff(noise, prepend=0) * np.exp(-t / 0.012)  # first difference = crude high-pass
+    out = np.zeros((len(TRACKS), n))  # (S, N)
+
+    def hit(s, wave, start, gain):
+        i = int(round(start * sr))
+        if i < n:
+            m = min(len(wave), n - i)
+            out[s, i:i + m] += gain * wave[:m]
+
+    # Per-song patterns on a 16th-note grid (4 steps per beat): which off-beat eighths also get a hit. They stay sparse and
+    # soft: denser or louder off-beats make madmom lock onto eighth notes (double tempo) in the slower songs.
+    steps = 4 * meter
+    extra_kick, extra_hat, extra_bass = rng.random(steps) < 0.1, rng.random(steps) < 0.35, rng.random(steps) < 0.3
+    extra_guitar, extra_piano = rng.random(steps) < 0.35, rng.random(steps) < 0.2
+    snares = {1, 3} if meter == 4 else {1, 2}
+    tones = {}  # cache: the same note is rendered once per song
+
+    def note(s, midi, start, gain):
+        length, decay, bright = {0: (beat, 6, 0.7), 2: (2 * beat, 9, 0.85), 3: (beat, 3, 0.6)}[s]
+        if (s, midi) not in tones:
+            tones[s, midi] = _tone(midi, length, decay, bright, sr)
+        hit(s, tones[s, midi], start, gain)
+
+    for bar in range(int(seconds / (meter * beat)) + 1):
+        degree = chords[bar % 4]
+        triad = [degree, degree + 2, degree + 4]
+        for step in range(steps):
+            start = (bar * steps + step) * beat / 4
+            on_beat, eighth = step % 4 == 0, step % 2 == 0
+            gain = (1.0 if step == 0 else 0.8 if on_beat else 0.4) * rng.uniform(0.9, 1.0)  # accent the downbeat
+            if step == 0 or (meter == 4 and step == 8) or (eighth and extra_kick[step]):
+                hit(1, kick, start, gain)
+            if on_beat and step // 4 in snares:
+                hit(1, snare, start, 0.9 * gain)
+            if on_beat or (eighth and extra_hat[step]):
+                hit(1, hat, start, 0.25 * gain)
+            if on_beat or (eighth and extra_bass[step]):
+                note(0, pitch(degree + (4 if not on_beat else 0), 0), start, gain)
+            if on_beat or (eighth and extra_guitar[step]):
+                note(2, pitch(triad[step // 2 % 3], 2), start, 0.8 * gain)
+            if on_beat or (eighth and extra_piano[step]):
+                for d in triad:
+                    note(3, pitch(d, 3), start, gain / 3)
+
+    # Each track to a fixed peak (keeps the usual balance), then one gain for all so the mixture never clips.
+    out *= np.array([0.45, 0.5, 0.3, 0.35])[:, None] / np.abs(out).max(axis=1, keepdims=True)
+    out *= min(1.0, 0.95 / np.abs(out.sum(0)).max())
+    return out.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Datasets: songs of shape (S, N) cut into clips of c samples
+
+
+class _Clips(torch.utils.data.Dataset):
+    """Clips of `clip_samples` from songs (S, N): validation uses a fixed grid, training a random offset per draw.
+
+    Training items are looked up by key = epoch·len + i (see ClipSampler): the offset is a function of (seed, key) only,
+    so it changes every epoch, is the same with any number of workers, and is reproduced exactly after a resume.
+    """
+
+    def _index(self, lengths):
+        c = self.clip_samples
+        self.lengths = lengths
+        self.clips = [(k, j * c) for k, n in enumerate(lengths) for j in range(n // c)]  # (song, grid offset)
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, key):
+        song, offset = self.clips[key % len(self.clips)]
+        if self.train:  # anywhere in the song, not just near the grid point
+            rng = np.random.default_rng((self.seed, key))
+            offset = int(rng.integers(0, self.lengths[song] - self.clip_samples + 1))
+        clip = self.song(song)[:, offset:offset + self.clip_samples]  # (S, c)
+        return torch.from_numpy(np.array(clip, dtype=np.float32))
+
+
+class ToyDataset(_Clips):
+    """Clips of `n_songs` toy songs of `song_clips`·clip_samples samples, generated once and held in memory.
+
+    Training and validation songs differ for the same seed (the `train` flag is part of each song's seed).
+    """
+
+    def __init__(self, n_songs, clip_samples, seed=0, train=True, song_clips=2):
+        self.clip_samples, self.seed, self.train = clip_samples, seed, train
+        seeds = np.random.SeedSequence([seed, int(train)]).generate_state(n_songs)
+        self.song_seeds = [int(s) for s in seeds]
+        self.songs = np.stack([toy_song(s, song_clips * clip_samples / SAMPLE_RATE) for s in self.song_seeds])
+        self._index([self.songs.shape[-1]] * n_songs)
+        self.report = {"songs": n_songs, "kept": n_songs, "clips": len(self.clips), "dropped": [], "notes": []}
+
+    def song(self, k):
+        return self.songs[k]
+
+
+def _slakh_stems(path):
+    """{stem name: {key: value}} from the `stems:` section of a Slakh metadata.yaml.
+
+    Slakh's metadata is plain two-level `key: value` YAML (stem names at one indent, their fields deeper), so a line
+    parser is enough and PyYAML need not be a dependency. Values are strings without quotes ('true', 'Guitar').
+    """
+    stems, name, stem_indent, in_stems = {}, None, None, False
+    for line in pathlib.Path(path).read_text(errors="replace").splitlines():
+        key, colon, value = line.strip().partition(":")
+        if not colon or key.startswith("#"):
+            continue  # blank, comment, or the continuation of a long wrapped value: nothing we need
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            in_stems = key == "stems"
+        elif in_stems:
+            stem_indent = stem_indent or indent  # the first line under 'stems:' sets the indent of stem names
+            if indent == stem_indent:  # '  S00:'
+                name = key
+                stems[name] = {}
+            elif name is not None:  # '    inst_class: Guitar'
+                stems[name][key] = value.strip().strip("'\"")
+    if not stems:
+        raise ValueError(f"{path} has no 'stems:' section")
+    return stems
+
+
+def _sum(xs):
+    """Sum of 1-D arrays, the shorter ones zero-padded; an empty list gives an empty array (a silent track)."""
+    out = np.zeros(max((len(x) for x in xs), default=0), np.float32)
+    for x in xs:
+        out[:len(x)] += x
+    return out
+
+
+def _fingerprint(paths):
+    """Changes when any source file is added, removed, rewritten or touched: names the cache entry of a song."""
+    h = hashlib.sha1(f"v1 {SAMPLE_RATE}".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class SlakhDataset(_Clips):
+    """Clips of Slakh2100 songs, found per song in either layout (§5.1, App. A):
+
+    (a) MSDM 4-stem release, any sample rate:  root/<split>/TrackXXXXX/{bass,drums,guitar,piano}.wav
+        A missing stem file becomes an all-zero track (with a note in the report).
+    (b) raw slakh2100_flac_redux:              root/<split>/TrackXXXXX/{metadata.yaml, stems/SXX.flac}
+        Each track is the sum of the rendered stems whose `inst_class` is Bass, Drums, Guitar or Piano; a class with no
+        rendered stem is all-zero. Other classes are dropped, so the 4 tracks do not sum to mix.flac. BabySlakh (16 kHz
+        stems/SXX.wav, Track folders directly in the root) is this layout with split='.'.
+
+    `split` is one split or a list (the official config trains on ['train', 'validation'] and validates on 'test');
+    `omitted/` is never read. Every song is decoded once, resampled to 16 kHz and cached as float16 (S, N) in `cache_dir`
+    (default ~/.cache/synctrack/slakh/<hash of root>), never next to the audio; items are read by memory-mapping the cache.
+    A changed source file invalidates its song's cache entry. Stems of unequal length are zero-padded to the longest.
+    `self.report` says how many songs and clips were kept, why any song was dropped, and which tracks are silent.
+    """
+
+    def __init__(self, root, split, clip_samples, cache_dir=None, train=True, seed=0):
+        self.clip_samples, self.seed, self.train = clip_samples, seed, train
+        root = pathlib.Path(root).expanduser().resolve()
+        if cache_dir is None:
+            base = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+            cache_dir = base / "synctrack" / "slakh" / hashlib.sha1(str(root).encode()).hexdigest()[:12]
+        self.cache_dir = pathlib.Path(cache_dir).expanduser().resolve()
+        if self.cache_dir.is_relative_to(root):
+            raise ValueError(f"cache_dir {self.cache_dir} is inside the dataset {root}; choose a folder outside it")
+        splits = [split] if isinstance(split, str) else list(split)
+        self.paths, lengths, dropped, notes, songs = [], [], [], [], 0
+        for name in splits:
+            if not (root / name).is_dir():
+                raise FileNotFoundError(f"no split folder {root / name} (expected root/{{train,validation,test}}/Track*)")
+            folders = sorted(p for p in (root / name).iterdir() if p.is_dir())
+            for song in tqdm(folders, f"Slakh {name}", unit="song", leave=False, disable=None):  # bar only on a TTY
+                songs += 1
+                try:
+                    path, n, song_notes = self._cached(song, name)
+                except ValueError as e:  # undecodable audio or metadata: skip this song, keep the others
+                    dropped.append(f"{song}: {e}")
+                    continue
+                notes += song_notes
+                if n < clip_samples:
+                    dropped.append(f"{song}: {n / SAMPLE_RATE:.2f} s is shorter than one clip "
+                                   f"({clip_samples / SAMPLE_RATE:.2f} s)")
+                    continue
+                self.paths.append(path)
+                lengths.append(n)
+        self._index(lengths)
+        self.report = {"songs": songs, "kept": len(self.paths), "clips": len(self.clips),
+                       "dropped": dropped, "notes": notes}
+        if not self.paths:
+            raise ValueError(f"no usable song in {root} {splits}; dropped: {dropped or 'no Track folders'}")
+
+    def _sources(self, song):
+        """Per track, the source files to sum (possibly none), plus notes and every file the song depends on."""
+        if (song / "metadata.yaml").exists():  # layout (b)
+            files, notes = [[] for _ in TRACKS], []
+            for stem, meta in sorted(_slakh_stems(song / "metadata.yaml").items()):
+                if meta.get("inst_class") not in SLAKH_CLASSES or meta.get("audio_rendered", "").lower() != "true":
+                    continue
+                audio = [p for p in (song / "stems" / f"{stem}.flac", song / "stems" / f"{stem}.wav") if p.exists()]
+                if audio:  # flac in Slakh2100, wav in BabySlakh
+                    files[SLAKH_CLASSES.index(meta["inst_class"])].append(audio[0])
+                else:
+                    notes.append(f"{song}: {stem} ({meta['inst_class']}) is marked rendered but stems/{stem}.flac is "
+                                 "missing; left out")
+            if not any(files):
+                raise ValueError(f"no rendered stem of class {', '.join(SLAKH_CLASSES)} in metadata.yaml")
+            for s, track in enumerate(TRACKS):
+                if not files[s]:
+                    notes.append(f"{song}: no rendered {SLAKH_CLASSES[s]} stem; {track} is silent")
+            return files, notes, [song / "metadata.yaml"] + sorted(sum(files, []))
+        files = [[song / f"{t}.wav"] if (song / f"{t}.wav").exists() else [] for t in TRACKS]  # layout (a)
+        if not any(files):
+            raise ValueError(f"neither metadata.yaml nor any of {', '.join(t + '.wav' for t in TRACKS)}")
+        notes = [f"{song}: {t}.wav is missing; {t} is silent" for t, f in zip(TRACKS, files) if not f]
+        return files, notes, sum(files, [])
+
+    def _cached(self, song, split):
+        """(cache file, N, notes) of one song, decoding and caching it first unless an up-to-date entry exists."""
+        files, notes, deps = self._sources(song)
+        path = self.cache_dir / split / f"{song.name}.{_fingerprint(deps)}.npy"
+        if not path.exists():
+            tracks = [_sum([read_audio(f) for f in fs]) for fs in files]
+            # (S, N) in float16: half the disk of float32, keeps quiet stems' detail (unlike int16) and cannot clip.
+            audio = np.zeros((len(TRACKS), max(len(x) for x in tracks)), np.float16)
+            for s, x in enumerate(tracks):
+                audio[s, :len(x)] = x
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for old in path.parent.glob(f"{song.name}.*.npy"):  # stale entries of this song
+                if old != path:  # (another rank may have just written this one)
+                    old.unlink(missing_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, audio)
+            os.replace(tmp, path)  # atomic: a killed run or a parallel rank never leaves half a file
+        return path, np.load(path, mmap_mode="r").shape[1], notes
+
+    def song(self, k):
+        return np.load(self.paths[k], mmap_mode="r")  # (S, N) float16, read lazily by the OS
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+class ClipSampler(torch.utils.data.Sampler):
+    """Clip indices for one rank: shuffled per epoch for training, in order for validation.
+
+    Shards like DistributedSampler (every rank gets ceil(len/ranks) items, padded by wrapping around), and adds two things
+    it lacks: training keys epoch·len + i, so each epoch draws new random clip offsets even in persistent workers, and
+    `skip` to resume in the middle of an epoch. Call set_epoch(epoch, skip) before iterating.
+    """
+
+    def __init__(self, n, train, seed=0, rank=0, ranks=1):
+        self.n, self.train, self.seed, self.rank, self.ranks = n, train, seed, rank, ranks
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch, skip=0):
+        """skip: items of this epoch this rank has already consumed (batches × batch size), for resuming."""
+        self.epoch, self.skip = epoch, skip
+
+    def __len__(self):
+        return math.ceil(self.n / self.ranks) - self.skip
+
+    def __iter__(self):
+        if self.train:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.n))
+        order += order[:math.ceil(self.n / self.ranks) * self.ranks - self.n]  # pad so every rank has as many items
+        keys = order[self.rank::self.ranks][self.skip:]
+        return iter([self.epoch * self.n + i for i in keys] if self.train else keys)
+
+
+def make_loader(dataset, batch_size, train, workers=2, distributed=False, seed=0):
+    """A DataLoader of (B, S, c) batches over a ToyDataset or SlakhDataset, sharded across ranks when distributed.
+
+    Defaults suit 2 CPU cores: 2 persistent workers (no re-fork per epoch), clips from memory or memory-mapped caches.
+    Use loader.sampler.set_epoch(epoch) every epoch.
+    """
+    rank, ranks = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    sampler = ClipSampler(len(dataset), train, seed, rank, ranks)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(), drop_last=train,  # full batches only in training: steady statistics
+        generator=torch.Generator().manual_seed(seed))  # worker seeds from here, not from the global RNG (exact resume)
