@@ -16,6 +16,7 @@ import time
 import torch
 
 import synctrack as st
+from train import memory_gb
 
 
 def machine(device):
@@ -44,13 +45,6 @@ def timed(fn, device, repeats):
     return statistics.median(times)
 
 
-def peak_memory_gb(device):
-    if device.startswith("cuda"):
-        return f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f} GB peak"
-    import resource
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.1f} GB peak RSS"
-
-
 def bench_denoiser(args):
     cfg = st.SyncTrackConfig(**{**st.PRESETS[args.preset], "variant": args.variant})
     model = st.SyncTrack(cfg).to(args.device)
@@ -71,7 +65,7 @@ def bench_denoiser(args):
 
     seconds = timed(train_step, args.device, args.repeats)
     print(f"train step (forward + backward + AdamW): {seconds:.3f} s = {1 / seconds:.2f} it/s, "
-          f"{peak_memory_gb(args.device)}")
+          f"{memory_gb(args.device):.1f} GB peak {'GPU memory' if args.device.startswith('cuda') else 'RSS'}")
     model.eval()
     t = torch.full((args.batch_size,), 500, device=args.device)
     with torch.inference_mode(), autocast:

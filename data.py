@@ -1,7 +1,7 @@
 """Data for SyncTrack: four aligned tracks (bass, drums, guitar, piano) of 16 kHz audio, cut into clips.
 
-Data loading is its own file because it does not depend on the model (only on its track order): train.py, sample.py
-and the tests share it, and someone who only wants Slakh2100 clips can use it without models or checkpoints.
+Data loading is its own file because it needs nothing of the model but its track order and sample rate: train.py,
+sample.py and the tests share it, and someone who only wants Slakh2100 clips can use it without models or checkpoints.
 
 Map of the file:
   read_audio      any sound file -> float32 mono at 16 kHz (soundfile + scipy.signal.resample_poly)
@@ -25,9 +25,8 @@ import torch
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from synctrack import TRACKS  # the paper's order; track s of every item is TRACKS[s]
+from synctrack import SAMPLE_RATE, TRACKS, make_first_stage  # TRACKS[s] is track s of every item
 
-SAMPLE_RATE = 16000  # §5.1: all audio is 16 kHz
 SLAKH_CLASSES = ("Bass", "Drums", "Guitar", "Piano")  # Slakh metadata `inst_class` of each track, same order
 
 
@@ -386,3 +385,35 @@ def make_loader(dataset, batch_size, train, workers=2, distributed=False, seed=0
         dataset, batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(), drop_last=train,  # full batches only in training: steady statistics
         generator=torch.Generator().manual_seed(seed))  # worker seeds from here, not from the global RNG (exact resume)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line: write toy clips as files, e.g. the ground truth that metrics.py scores
+
+
+def write_toy(out, n, clip_samples, seed=0, first_stage=None):
+    """Write n validation clips of ToyDataset to out/stem_0..stem_3/toy_NNNN.wav (the layout sample.py writes).
+    With a first stage, each clip goes through encode → decode first (what its latents can at best give back)."""
+    clips = ToyDataset(n_songs=math.ceil(n / 2), clip_samples=clip_samples, seed=seed, train=False)
+    stage = make_first_stage(first_stage) if first_stage else None
+    for s in range(len(TRACKS)):
+        pathlib.Path(out, f"stem_{s}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        wave = clips[i]                                                     # (S, c)
+        if stage is not None:
+            wave = stage.decode(stage.encode(wave[None], sample=False))[0]
+        for s, track in enumerate(wave.numpy()):
+            sf.write(pathlib.Path(out, f"stem_{s}", f"toy_{i:04d}.wav"), np.clip(track, -1, 1), SAMPLE_RATE,
+                     subtype="PCM_16")
+
+
+if __name__ == "__main__":
+    import argparse
+    p = argparse.ArgumentParser(description="Write toy validation clips in the stem_0..stem_3 layout.")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--clip-samples", type=int, default=40960, help="the toy preset's 2.56 s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-stage", help="'offline' (or weights): write encode → decode round trips instead")
+    args = p.parse_args()
+    write_toy(args.out, args.n, args.clip_samples, args.seed, args.first_stage)

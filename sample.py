@@ -43,6 +43,8 @@ def parse_args(argv=None):
                    help="official checkpoints only: the official unet_config (JSON file) when it is not the paper's")
     p.add_argument("--steps", type=int, default=200, help="DDIM steps (paper: 200)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM η (official: 1.0; 0 = deterministic DDIM)")
+    p.add_argument("--no-clip", action="store_true",
+                   help="offline first stage: do not clamp DDIM's predicted z_0 into the latent range")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -57,7 +59,11 @@ def parse_args(argv=None):
 
 def load(args):
     """(model, first stage) from our checkpoint or an official one."""
+    if args.ckpt == str(DEFAULT_CKPT) and not DEFAULT_CKPT.exists():
+        raise SystemExit(f"{DEFAULT_CKPT} is missing: train it with "
+                         f"`python train.py --preset toy --export {DEFAULT_CKPT}`, or pass --ckpt")
     ckpt = st.read_checkpoint(args.ckpt, trust=args.trust)
+    scale = ckpt.get("scale_factor")
     if "config" in ckpt:
         model, _ = st.load_model(ckpt, ema=not args.raw)
     else:  # an official Lightning checkpoint: the official variant, EMA weights, the paper config unless told
@@ -66,6 +72,7 @@ def load(args):
                              else st.SyncTrackConfig(variant="official"))
         report = st.load_official(model, ckpt, ema=not args.raw)
         print(f"{args.ckpt}: {report['loaded']} official tensors ({report['source']} weights)")
+        scale = report["scale_factor"]
     cfg = model.config
     if cfg.first_stage == "offline":
         stage = st.make_first_stage("offline")
@@ -73,7 +80,17 @@ def load(args):
         stage = st.make_first_stage(args.first_stage or args.ckpt, trust=args.trust)
     else:
         raise SystemExit(f"{args.ckpt} diffuses MusicLDM latents: give --first-stage PATH (MusicLDM VAE + vocoder)")
+    if scale is not None and hasattr(stage, "scale_factor"):  # decode with the scale the model was trained on
+        stage.scale_factor = float(scale)
     return model, stage
+
+
+def read_stem(path, n):
+    """A given stem as 16 kHz mono float, cropped or zero-padded to n samples; every change is said."""
+    info = sf.info(str(path))
+    if info.samplerate != st.SAMPLE_RATE or info.channels != 1:
+        print(f"{path}: {info.channels} channel(s) at {info.samplerate} Hz, mixed to mono at {st.SAMPLE_RATE} Hz")
+    return fit(data.read_audio(path), n, path)
 
 
 def fit(wave, n, where):
@@ -94,7 +111,7 @@ def given_stems(args, n_samples):
         _, songs, problems = metrics.find_samples(args.given_dir)
         for problem in problems:
             print(problem)
-        return [(name, {t: fit(data.read_audio(files[t]), n_samples, files[t]) for t in keep})
+        return [(name, {t: read_stem(files[t], n_samples) for t in keep})
                 for name, files in songs.items()]
     known = {}
     for item in args.given:
@@ -103,15 +120,17 @@ def given_stems(args, n_samples):
             raise SystemExit(f"--given {item!r}: expected TRACK=PATH with TRACK one of {', '.join(st.TRACKS)}")
         if not os.path.isfile(path):
             raise SystemExit(f"--given {item!r}: no such file {path}")
-        known[track] = fit(data.read_audio(path), n_samples, path)
+        known[track] = read_stem(path, n_samples)
     return [(f"sample_{i:04d}", known) for i in range(args.n)]
 
 
 def write(out, name, waves, sr):
-    """waves (S, N): one file per stem in stem_i/, links in named folders, the clipped mix. Returns clipped count."""
+    """waves (S, N): one file per stem in stem_i/, links in named folders, the mix; all clipped to [-1, 1] (16-bit
+    files would wrap around otherwise). Returns how many samples were clipped, stems and mix together."""
+    clipped = int((np.abs(waves) > 1).sum())
     for s, track in enumerate(st.TRACKS):
         stem = out / f"stem_{s}" / f"{name}.wav"
-        sf.write(stem, waves[s], sr, subtype="PCM_16")
+        sf.write(stem, np.clip(waves[s], -1, 1), sr, subtype="PCM_16")
         link = out / track / f"{name}.wav"
         link.unlink(missing_ok=True)
         try:
@@ -119,7 +138,7 @@ def write(out, name, waves, sr):
         except OSError:
             shutil.copyfile(stem, link)
     mix = waves.sum(0)
-    clipped = int((np.abs(mix) > 1).sum())
+    clipped += int((np.abs(mix) > 1).sum())
     sf.write(out / "mix" / f"{name}.wav", np.clip(mix, -1, 1), sr, subtype="PCM_16")
     return clipped
 
@@ -149,19 +168,20 @@ def main(argv=None):
                         waves[b, cfg.tracks.index(t)] = torch.from_numpy(wave)
                 known = stage.encode(waves, sample=True, generator=g)               # Eq. (1)
             with autocast:
-                z = st.ddim_sample(model, x_T, args.steps, args.eta, known, mask, generator=g)
+                z = st.ddim_sample(model, x_T, args.steps, args.eta, known, mask, generator=g,
+                                   x0_range=None if args.no_clip else getattr(stage, "latent_range", None))
             audio = stage.decode(z.float()).float()                                # Eq. (3): (B, S, N)
             if waves is not None:
                 audio = torch.where(mask[:, :, None], waves, audio)                 # given stems written back as read
             for (name, _), piece in zip(batch, audio.cpu().numpy()):
-                clipped[name] = write(out, name, piece, cfg.sample_rate)
+                clipped[name] = write(out, name, piece, st.SAMPLE_RATE)
     seconds = time.time() - t0
     settings = dict(vars(args), n_written=len(jobs), seconds=round(seconds, 2), config=asdict(cfg),
-                    clipped_mix_samples={k: v for k, v in clipped.items() if v})
+                    clipped_samples={k: v for k, v in clipped.items() if v})
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     print(f"wrote {len(jobs)} pieces to {out}/ in {seconds:.1f} s ({seconds / max(len(jobs), 1):.2f} s per piece)")
-    if settings["clipped_mix_samples"]:
-        print(f"mix clipped to [-1, 1] in {len(settings['clipped_mix_samples'])} pieces (see settings.json)")
+    if settings["clipped_samples"]:
+        print(f"audio clipped to [-1, 1] in {len(settings['clipped_samples'])} pieces (see settings.json)")
     if args.eval:
         import metrics
         metrics.main([str(out)])

@@ -14,8 +14,8 @@ The file follows §3 of the paper, top to bottom:
     modules ........................... TrackSpecificModule, TrackSharedModule (Fig. 2b, Table A3)
     denoiser .......................... SyncTrack: ε_θ({z_l^s}, l)
     diffusion ......................... q_sample, diffusion_loss (Eq. 2), ddim_sample (DDIM, App. A.8 arrangement)
-    checkpoints ....................... load_official, save/load of our own checkpoints
     first stage ....................... log_mel, AutoencoderKL, HiFiGAN, offline stage (Eqs. 1 and 3)
+    checkpoints ....................... load_official, save/load of our own checkpoints
 
 Left out: the official code's dead mixture conditioning (its UNet discards the concat channels) and classifier-free
 guidance (scale 0, a no-op there); Lightning, YAML and registries.
@@ -30,7 +30,7 @@ import os
 import pathlib
 import pickle
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -73,7 +73,7 @@ class SyncTrackConfig:
     beta_end: float = 0.0195
     # audio: which first stage maps waveforms to latents ("musicldm" = Eq. 1/3 with weights, "offline" = no weights)
     first_stage: str = "musicldm"
-    sample_rate: int = 16000               # MusicLDM
+    sample_rate: int = 16000               # MusicLDM (the front end is built for 16 kHz only)
     clip_samples: int = 163840             # 10.24 s (official)
 
     def __post_init__(self):
@@ -81,6 +81,8 @@ class SyncTrackConfig:
             tuple(self.attention_ds)
         if self.variant not in ("paper", "official"):
             raise ValueError(f"variant must be 'paper' or 'official', got {self.variant!r}")
+        if self.sample_rate != 16000:
+            raise ValueError("the MusicLDM front end (and the offline stage) are defined for 16 kHz audio only")
         if self.model_channels % self.norm_groups:
             raise ValueError(f"model_channels must be a multiple of norm_groups ({self.norm_groups})")
 
@@ -373,13 +375,16 @@ class SyncTrack(nn.Module):
         self.instrument_prior = InstrumentPrior(S, cfg.prior_hidden, E) if cfg.instrument_prior else None
         n_transformers = 0
 
-        def shared(ch_in, ch_out):  # ResBlock + TrackSharedTransformer; `alternate` keeps ② on even, ③ on odd ones
+        def transformer(ch):  # `alternate` keeps ② in the even-numbered ones, ③ in the odd-numbered ones
             nonlocal n_transformers
             odd = n_transformers % 2 == 1
             n_transformers += 1
             use_global = cfg.global_attention and not (cfg.alternate and odd)
             use_time = cfg.time_attention and not (cfg.alternate and not odd)
-            return [ResBlock(ch_in, emb_dim, ch_out, G), TrackSharedTransformer(ch_out, cfg, use_global, use_time)]
+            return TrackSharedTransformer(ch, cfg, use_global, use_time)
+
+        def shared(ch_in, ch_out):  # the layers of a track-shared module with a ResBlock
+            return [ResBlock(ch_in, emb_dim, ch_out, G), transformer(ch_out)]
 
         # Encoder: the channel count of every block output is remembered for the skip connections.
         self.input_blocks = nn.ModuleList([TrackSpecificModule([nn.Conv2d(cfg.latent_channels, mc, 3, padding=1)])])
@@ -394,8 +399,8 @@ class SyncTrack(nn.Module):
                 self.input_blocks.append(TrackSharedModule([Downsample(ch)]))
                 skip_chans.append(ch)
                 ds *= 2
-        res_in, attn, res_out = ResBlock(ch, emb_dim, ch, G), shared(ch, ch)[1], ResBlock(ch, emb_dim, ch, G)
-        self.middle_block = TrackSharedModule([res_in, attn, res_out])
+        res_in = ResBlock(ch, emb_dim, ch, G)
+        self.middle_block = TrackSharedModule([res_in, transformer(ch), ResBlock(ch, emb_dim, ch, G)])
         # Decoder: each block takes the previous output concatenated with a skip.
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -450,19 +455,24 @@ def diffusion_loss(model, z0, generator=None):
     t = torch.randint(0, len(alpha_bar), (z0.shape[0],), device=z0.device, generator=generator)
     noise = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
     z_t = q_sample(z0, t, noise, alpha_bar)
-    return F.mse_loss(model(z_t, t).float(), noise.float())
+    return F.mse_loss(model(z_t, t).float(), noise.float())      # Eq. (2): ||ε − ε_θ(z_l, l)||²
 
 
 def ddim_timesteps(n_timesteps, steps):
     """Official convention: uniform steps shifted by one, e.g. 1, 6, …, 996 for 200 of 1000, visited in reverse."""
-    if not 1 <= steps <= n_timesteps:
-        raise ValueError(f"steps must be in 1..{n_timesteps}, got {steps}")
+    if not 1 <= steps < n_timesteps:  # the +1 shift needs the last step below n_timesteps
+        raise ValueError(f"steps must be in 1..{n_timesteps - 1}, got {steps}")
+    # exactly `steps` steps, spaced n_timesteps // steps apart (official: the same when steps divides n_timesteps)
     return torch.arange(steps) * (n_timesteps // steps) + 1
 
 
 @torch.no_grad()
-def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, generator=None, progress=True):
+def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, generator=None, progress=True,
+                x0_range=None):
     """DDIM (Song et al., 2021) from x_T (B, S, C, T, F); η = 1 is the official default (stochastic), η = 0 deterministic.
+
+    x0_range: (low, high) to clamp the predicted z_0 into, for latents with a known range (the offline first stage's
+    `latent_range`), as DDPM clips images to [-1, 1]; None (the official setting) never clamps.
 
     Arrangement (App. A.8, official `inpainting`): with `known` latents and `known_mask` (S,) or (B, S) bools, the known
     tracks are replaced by their ground truth noised to the current level before every model call, so only the other
@@ -484,6 +494,9 @@ def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, gen
         a, a_prev = alpha_bar[t], alpha_bar[t_prev]
         # 1. predicted z_0 = (z_t − √(1−ᾱ_t) ε̂) / √ᾱ_t                      (DDIM Eq. 12, first term)
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        if x0_range is not None:  # keep ẑ_0 in range and ε̂ consistent with it
+            x0 = x0.clamp(*x0_range)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
         # 2. σ_t = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)               (DDIM Eq. 16)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
         # 3. direction pointing to z_t: √(1 − ᾱ_prev − σ²) ε̂                  (DDIM Eq. 12, second term)
@@ -561,19 +574,14 @@ def log_mel(wave):
 # Module names follow the official LDM code (encoder.down.i.block.j, mid.attn_1, nin_shortcut, ...) so that
 # vae-ckpt.ckpt loads strictly. The log-mel is an image with height T (time) and width F (mel bins).
 
-def _group_norm(channels):
-    """Official `Normalize`: 32 groups, eps 1e-6."""
-    return nn.GroupNorm(32, channels, eps=1e-6)
-
-
 class VAEResnetBlock(nn.Module):
     """GN -> swish -> conv3x3, twice, plus a skip (1x1 conv where the width changes); dropout 0 in MusicLDM."""
 
     def __init__(self, c_in, c_out):
         super().__init__()
-        self.norm1 = _group_norm(c_in)
+        self.norm1 = group_norm(32, c_in, eps=1e-6)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2 = _group_norm(c_out)
+        self.norm2 = group_norm(32, c_out, eps=1e-6)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -588,7 +596,7 @@ class VAEAttnBlock(nn.Module):
 
     def __init__(self, channels):
         super().__init__()
-        self.norm = _group_norm(channels)
+        self.norm = group_norm(32, channels, eps=1e-6)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -644,7 +652,7 @@ class VAEEncoder(nn.Module):
                 level.downsample = VAEDownsample(widths[i + 1])
             self.down.append(level)
         self.mid = _vae_mid(widths[-1])
-        self.norm_out = _group_norm(widths[-1])
+        self.norm_out = group_norm(32, widths[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(widths[-1], 2 * z_channels, 3, padding=1)  # double_z: mean and log-variance
 
     def forward(self, x):  # (B, 1, T, F) -> (B, 2·Z, T/4, F/4) for three levels
@@ -674,7 +682,7 @@ class VAEDecoder(nn.Module):
                 level.upsample = VAEUpsample(width)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = _group_norm(width)
+        self.norm_out = group_norm(32, width, eps=1e-6)
         self.conv_out = nn.Conv2d(width, out_ch, 3, padding=1)
 
     def forward(self, z):  # (B, Z, T/4, F/4) -> (B, 1, T, F) for three levels
@@ -985,7 +993,7 @@ def _check_wave(wave, multiple):
         raise ValueError(f"expected mono {SAMPLE_RATE} Hz float audio of shape (B, S, N) with N a positive multiple of "
                          f"{multiple} (10.24 s = 163840 samples); got {wave.dtype} of shape {tuple(wave.shape)}")
     peak = wave.abs().max().item()
-    if peak > 1.0:  # the official TacotronSTFT asserts this; it catches int16-scaled audio
+    if peak > 2.0:  # catches int16-scaled audio; resampling a full-scale file may overshoot 1 a little, which is fine
         raise ValueError(f"expected audio in [-1, 1]; got peak {peak:.4g} (divide int16 samples by 32768)")
     return wave.shape
 
@@ -1057,6 +1065,8 @@ class OfflineFirstStage(nn.Module):
     # Log-mel statistics of Slakh2100 (co-author variant config comment "mean: -4.63, std: 2.74"): unit-scale latents
     mel_mean, mel_std = -4.63, 2.74
     mel_ceiling = math.log(100.0)  # above the log-mel of any full-scale 16 kHz signal (its mel stays below ~30)
+    # every latent value lies in here: the normalised log-mel between the floor and the ceiling (ddim_sample x0_range)
+    latent_range = ((math.log(MEL_FLOOR) - mel_mean) / mel_std, (mel_ceiling - mel_mean) / mel_std)
     momentum = 0.99  # fast Griffin-Lim (Perraudin et al., 2013) acceleration, torchaudio's default
 
     def __init__(self, griffin_lim_iters=32):
@@ -1223,7 +1233,11 @@ def load_official(model, src, ema=True, trust=False):
                                                for head, v in problems))
     model.load_state_dict(mapped, strict=False)
     scale = state.get("scale_factor")
-    return dict(loaded=len(mapped), source=source, new=new, ignored=ignored,
+    warning = None
+    if has_new and model.config.variant != "official":
+        warning = (f"{name}: SyncTrack weights were trained with the official variant; this model is "
+                   f"variant={model.config.variant!r} and computes a different function with them")
+    return dict(loaded=len(mapped), source=source, new=new, ignored=ignored, warning=warning,
                 scale_factor=None if scale is None else float(scale))
 
 

@@ -1,9 +1,9 @@
 """Train SyncTrack (§5.1, App. A.5; optimiser and EMA as the official code).
 
-    python train.py --data toy --preset toy                          # a small model on a laptop CPU, no downloads
+    python train.py --preset toy                                     # a small model on a laptop CPU, no downloads
     python train.py --data slakh/ --init ckpt/musicldm-ckpt.ckpt --trust   # the paper: fine-tune from MusicLDM
     torchrun --nproc_per_node 8 train.py --data slakh/ --init ...    # several GPUs (or nodes) with DDP
-    python train.py --resume runs/toy                                # continue exactly where a run stopped
+    python train.py --resume runs/toy [--steps N]                    # continue exactly where a run stopped
 
 One step: batch of waveforms (B, S, N) → frozen first stage → latents z (B, S, C, T, F) → ε-loss of Eq. (2) →
 backward → AdamW → EMA. Checkpoints hold config, weights, EMA, optimiser, step, RNG states and the data position.
@@ -24,7 +24,6 @@ import data
 import synctrack as st
 
 DEFAULTS = dict(
-    preset="toy",          # model size: paper | toy | tiny (synctrack.PRESETS)
     batch_size=16,         # §5.1 / official config
     lr=3e-5,               # official (AdamW; the paper says Adam)
     weight_decay=0.01,     # official: torch AdamW default
@@ -46,11 +45,16 @@ PRESET_DEFAULTS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = "defaults: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items() if v is not None) + "\n" + "\n".join(
+        f"  --preset {name}: " + ", ".join(f"{k}={v}" for k, v in over.items()) for name, over in PRESET_DEFAULTS.items()
+        if over)
+    p = argparse.ArgumentParser(description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="toy", help="'toy' (procedural songs) or a Slakh2100 folder (either layout)")
-    p.add_argument("--preset", choices=sorted(st.PRESETS), help="model and clip size")
+    p.add_argument("--preset", choices=sorted(st.PRESETS),
+                   help="model, clip size and training defaults (default: toy with --data toy, else paper)")
     p.add_argument("--out", help="run folder: ckpt.pt, log.jsonl")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (its ckpt.pt) exactly")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (its ckpt.pt) exactly; only "
+                                                  "--steps, --device and --threads may be given with it")
     p.add_argument("--init", metavar="CKPT", help="MusicLDM (or SyncTrack) Lightning checkpoint: UNet and first stage")
     p.add_argument("--first-stage", metavar="PATH", help="MusicLDM first-stage weights, or 'offline' (no weights)")
     p.add_argument("--trust", action="store_true", help="allow pickled checkpoints (Lightning) to be unpickled")
@@ -67,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int)
     p.add_argument("--spike", type=float)
     p.add_argument("--toy-songs", type=int, help="songs in the toy training set")
+    p.add_argument("--train-split", default="train", help="Slakh split folder(s), comma-separated ('.' for BabySlakh)")
+    p.add_argument("--val-split", default="validation", help="Slakh validation split (official: test)")
     p.add_argument("--workers", type=int, help="data loader processes (default: 0 for toy, 2 for Slakh)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -83,7 +89,9 @@ def parse_args(argv=None):
     g.add_argument("--reorder", action="store_true", help="③ before ② (SyncTrack-reorder)")
     g.add_argument("--alternate", action="store_true", help="② and ③ alternate (SyncTrack-alternate)")
     args = p.parse_args(argv)
-    args.preset = args.preset or DEFAULTS["preset"]
+    if args.resume:
+        return args  # everything else comes from the run being resumed (see main)
+    args.preset = args.preset or ("toy" if args.data == "toy" else "paper")
     for key, value in {**DEFAULTS, **PRESET_DEFAULTS[args.preset]}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -116,8 +124,8 @@ def datasets(args, cfg):
     if args.data == "toy":
         return (data.ToyDataset(args.toy_songs, cfg.clip_samples, seed=args.seed, train=True),
                 data.ToyDataset(max(8, args.toy_songs // 16), cfg.clip_samples, seed=args.seed, train=False))
-    return (data.SlakhDataset(args.data, "train", cfg.clip_samples, train=True, seed=args.seed),
-            data.SlakhDataset(args.data, "validation", cfg.clip_samples, train=False))
+    return (data.SlakhDataset(args.data, args.train_split.split(","), cfg.clip_samples, train=True, seed=args.seed),
+            data.SlakhDataset(args.data, args.val_split.split(","), cfg.clip_samples, train=False))
 
 
 @torch.no_grad()
@@ -161,7 +169,7 @@ def main(argv=None):
         given = args
         args = argparse.Namespace(**ckpt["args"])
         args.device, args.threads, args.out = given.device, given.threads, given.resume
-        args.steps = max(given.steps, ckpt["step"])
+        args.steps = max(given.steps or args.steps, ckpt["step"])
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -177,12 +185,13 @@ def main(argv=None):
     cfg = st.SyncTrackConfig.from_dict(ckpt["config"]) if ckpt else model_config(args)
     stage = build_first_stage(args, cfg).to(args.device).eval()  # frozen: never trained (§3)
     model = st.SyncTrack(cfg).to(args.device)
-    if args.init and not ckpt:
-        report = st.load_official(model, args.init, trust=args.trust)
-        if rank == 0:
-            print(f"init from {args.init}: {report['loaded']} tensors ({report['source']}), "
-                  f"{len(report['new'])} new SyncTrack tensors, ignored {report['ignored']}")
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if args.init and not ckpt:  # as the official code: raw weights to train, the EMA shadow to the EMA
+        report = st.load_official(model, args.init, ema=False, trust=args.trust)
+        st.load_official(ema_model, args.init, ema=True, trust=args.trust)
+        if rank == 0:
+            print(f"init from {args.init}: {report['loaded']} tensors, {len(report['new'])} new SyncTrack tensors, "
+                  f"ignored {report['ignored']}" + (f"\nwarning: {report['warning']}" if report["warning"] else ""))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, epoch, batch_in_epoch = 0, 0, 0
     if ckpt:
@@ -211,14 +220,19 @@ def main(argv=None):
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"SyncTrack {n_params / 1e6:.2f}M params, latent {cfg.latent_shape}, {len(train_set)} training clips "
-              f"({getattr(train_set, 'report', 'toy songs')}), {batches_per_epoch} batches/epoch, device {args.device}")
+        report = train_set.report
+        with open(os.path.join(args.out, "data_report.json"), "w") as f:
+            json.dump({"train": report, "validation": val_set.report}, f, indent=1)
+        print(f"SyncTrack {n_params / 1e6:.2f}M params, latent {cfg.latent_shape}; {report['kept']} songs, "
+              f"{len(train_set)} training clips ({len(report['dropped'])} songs dropped, see "
+              f"{args.out}/data_report.json); {batches_per_epoch} batches/epoch; device {args.device}")
     log = open(os.path.join(args.out, "log.jsonl"), "a") if rank == 0 else None
 
     def save():
         if rank != 0:
             return
         st.save_checkpoint(os.path.join(args.out, "ckpt.pt"), model, ema=ema_model.state_dict(),
+                           scale_factor=getattr(stage, "scale_factor", None),
                            optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=batch_in_epoch,
                            running_loss=running, rng=rng_states(), args=vars(args))
 
@@ -230,7 +244,7 @@ def main(argv=None):
         batches = iter(train_loader)
         while step < args.steps and batch_in_epoch + args.accum <= batches_per_epoch:
             # 1. warm-up: lr grows linearly to its value over the first `warmup` steps (official)
-            lr = args.lr * min(1.0, (step + 1) / args.warmup)
+            lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
             for group in opt.param_groups:
                 group["lr"] = lr
             # 2. loss of Eq. (2) on latents of the frozen first stage, accumulated over micro-batches
@@ -240,11 +254,16 @@ def main(argv=None):
                 with torch.no_grad():
                     z0 = stage.encode(wave, sample=True)                       # (B, S, C, T, F), Eq. (1)
                 sync = not distributed or micro == args.accum - 1
-                with autocast, (contextlib.nullcontext() if sync else net.no_sync()):  # DDP: all-reduce once
-                    loss = st.diffusion_loss(net, z0) / args.accum
+                with contextlib.nullcontext() if sync else net.no_sync():  # DDP: all-reduce once per step
+                    with autocast:
+                        loss = st.diffusion_loss(net, z0) / args.accum
                     loss.backward()
                 loss_sum += loss.item()
             batch_in_epoch += args.accum
+            if distributed:  # every rank decides on the same mean loss below
+                mean = torch.tensor([loss_sum], device=args.device)
+                dist.all_reduce(mean)
+                loss_sum = mean.item() / dist.get_world_size()
             # 3. stop on NaN/inf or a spike, before the bad update reaches the weights or a checkpoint
             if not math.isfinite(loss_sum) or (args.spike and running and step > 100 and loss_sum > args.spike * running):
                 opt.zero_grad(set_to_none=True)
@@ -277,6 +296,10 @@ def main(argv=None):
         if batch_in_epoch + args.accum > batches_per_epoch:
             epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
+    if log:
+        log.close()
+    if step == 0:  # --steps 0 writes the untrained model, a baseline for the metrics
+        save()
     if rank == 0 and args.export:
         os.makedirs(os.path.dirname(args.export) or ".", exist_ok=True)
         st.export_checkpoint(os.path.join(args.out, "ckpt.pt"), args.export)
@@ -285,11 +308,14 @@ def main(argv=None):
 
 
 def memory_gb(device):
+    """Peak memory: allocated GPU memory on CUDA, else the process's peak RSS (NaN where the OS does not say)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    import resource
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return float("nan")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
-
 
 if __name__ == "__main__":
     main()

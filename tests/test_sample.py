@@ -91,3 +91,12 @@ def test_official_checkpoint_end_to_end(tmp_path, monkeypatch):
                  "--first-stage", "given", "--out", str(tmp_path / "out"), "--n", "1", "--steps", "2"])
     wave, sr = sf.read(tmp_path / "out" / "piano" / "sample_0000.wav")
     assert sr == 16000 and wave.shape == (163840,) and np.isfinite(wave).all()
+
+
+def test_the_shipped_toy_checkpoint_samples(tmp_path):
+    """checkpoints/synctrack_toy.pt, made by `python train.py --preset toy --export ...` (README): the default."""
+    model, ckpt = st.load_model(str(sample.DEFAULT_CKPT))
+    assert model.config.first_stage == "offline" and ckpt["step"] == 3500
+    sample.main(["--n", "1", "--steps", "4", "--out", str(tmp_path)])
+    wave, sr = sf.read(tmp_path / "mix" / "sample_0000.wav")
+    assert sr == 16000 and wave.shape == (model.config.clip_samples,) and np.abs(wave).max() > 0

@@ -222,6 +222,17 @@ def test_ddim_is_deterministic_under_a_generator_and_stochastic_with_eta():
     assert torch.equal(run(0), run(0)) and not torch.allclose(run(0), run(1))
 
 
+def test_x0_range_keeps_an_untrained_model_in_range():
+    """An ε̂ = 0 model predicts z_0 = z_t/√ᾱ_t, far outside any data; x0_range clamps every prediction."""
+    cfg = tiny()
+    zero = Oracle(torch.zeros(1), cfg)
+    zero.forward = lambda x, t: torch.zeros_like(x)
+    x_T = torch.randn(1, 4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    free = st.ddim_sample(zero, x_T, steps=10, eta=0.0, progress=False)
+    held = st.ddim_sample(zero, x_T, steps=10, eta=0.0, progress=False, x0_range=(-1.0, 1.0))
+    assert free.abs().max() > 10 and held.abs().max() < 1.5   # the last step adds √(1 − ᾱ_0)·ε̂ to ẑ_0
+
+
 def test_arrangement_holds_the_known_tracks_at_every_step():
     cfg = tiny()
     known = torch.randn(1, 4, 16, 16, 16)
