@@ -399,8 +399,8 @@ class SyncTrack(nn.Module):
                 self.input_blocks.append(TrackSharedModule([Downsample(ch)]))
                 skip_chans.append(ch)
                 ds *= 2
-        res_in = ResBlock(ch, emb_dim, ch, G)
-        self.middle_block = TrackSharedModule([res_in, transformer(ch), ResBlock(ch, emb_dim, ch, G)])
+        self.middle_block = TrackSharedModule([ResBlock(ch, emb_dim, ch, G), transformer(ch),
+                                               ResBlock(ch, emb_dim, ch, G)])
         # Decoder: each block takes the previous output concatenated with a skip.
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -1254,7 +1254,8 @@ def export_checkpoint(src, dst):
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     weights = ckpt.get("ema") or ckpt["model"]
     torch.save({"config": ckpt["config"], "model": {k: v.half() if v.is_floating_point() else v
-                                                    for k, v in weights.items()}, "step": ckpt.get("step")}, dst)
+                                                    for k, v in weights.items()},
+                "step": ckpt.get("step"), "scale_factor": ckpt.get("scale_factor")}, dst)
 
 
 def load_model(src, ema=True):
