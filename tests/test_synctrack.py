@@ -171,6 +171,9 @@ def test_schedule_matches_official_values():
     assert a[999].item() == pytest.approx(1.423e-4, rel=1e-3)
     steps = st.ddim_timesteps(1000, 200)
     assert steps[:2].tolist() == [1, 6] and steps[-1].item() == 996 and len(steps) == 200
+    assert st.ddim_timesteps(1000, 999)[-1].item() == 999
+    with pytest.raises(ValueError, match="steps"):
+        st.ddim_timesteps(1000, 1000)                            # the +1 shift would step past ᾱ_999
 
 
 class Oracle(torch.nn.Module):

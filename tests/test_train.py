@@ -36,6 +36,8 @@ def test_resume_continues_exactly(tmp_path):
     a = torch.load(straight / "ckpt.pt", weights_only=True)
     b = torch.load(split / "ckpt.pt", weights_only=True)
     assert b["step"] == 6
+    train.main(["--resume", str(split)])                          # without --steps: the run's own target, done
+    assert torch.load(split / "ckpt.pt", weights_only=True)["step"] == 6
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
