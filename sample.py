@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 import data
+import metrics
 import synctrack as st
 
 DEFAULT_CKPT = Path(__file__).parent / "checkpoints" / "synctrack_toy.pt"
@@ -103,7 +104,6 @@ def fit(wave, n, where):
 def given_stems(args, n_samples):
     """[(name, {track: wave (N,)})]: what to arrange around (empty dicts for free generation)."""
     if args.given_dir:
-        import metrics
         keep = [t.strip() for t in args.keep.split(",")]
         unknown = [t for t in keep if t not in st.TRACKS]
         if unknown:
@@ -183,7 +183,6 @@ def main(argv=None):
     if settings["clipped_samples"]:
         print(f"audio clipped to [-1, 1] in {len(settings['clipped_samples'])} pieces (see settings.json)")
     if args.eval:
-        import metrics
         metrics.main([str(out)])
 
 
