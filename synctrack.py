@@ -370,7 +370,7 @@ class SyncTrack(nn.Module):
         super().__init__()
         self.config = cfg
         mc, E, S, G = cfg.model_channels, cfg.time_embed_dim, len(cfg.tracks), cfg.norm_groups
-        emb_dim = 2 * E if cfg.instrument_prior else E   # [time ‖ instrument prior] (official concat; Table A3 4-8)
+        emb_dim = 2 * E  # [time ‖ instrument prior] (official concat; Table A3 4-8), also without the prior (zeros)
         self.time_embed = nn.Sequential(nn.Linear(mc, E), nn.SiLU(), nn.Linear(E, E))
         self.instrument_prior = InstrumentPrior(S, cfg.prior_hidden, E) if cfg.instrument_prior else None
         n_transformers = 0
@@ -421,8 +421,10 @@ class SyncTrack(nn.Module):
         B, S, C, T, F_ = z_t.shape
         x = z_t.reshape(B * S, C, T, F_)                                   # (B, S, C, T, F) -> (B*S, C, T, F)
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels)).repeat_interleave(S, dim=0)
-        if self.instrument_prior is not None:                              # "added to the time embedding" (§3)
-            emb = torch.cat([emb, self.instrument_prior().repeat(B, 1)], dim=-1)  # (B*S, 2E), rows b·S + s
+        # "added to the time embedding" (§3). Without the prior (Table 6 Backbone) its slot holds zeros, as the official
+        # code's commented-out `th.zeros_like(switch_emb)`: every ResBlock keeps MusicLDM's shapes, so it can be initialised
+        prior = self.instrument_prior().repeat(B, 1) if self.instrument_prior is not None else torch.zeros_like(emb)
+        emb = torch.cat([emb, prior], dim=-1)                              # (B*S, 2E), rows b·S + s
         skips = []
         for block in self.input_blocks:
             x = block(x, emb)
@@ -462,8 +464,9 @@ def ddim_timesteps(n_timesteps, steps):
     """Official convention: uniform steps shifted by one, e.g. 1, 6, …, 996 for 200 of 1000, visited in reverse."""
     if not 1 <= steps < n_timesteps:  # the +1 shift needs the last step below n_timesteps
         raise ValueError(f"steps must be in 1..{n_timesteps - 1}, got {steps}")
-    # exactly `steps` steps, spaced n_timesteps // steps apart (official: the same when steps divides n_timesteps)
-    return torch.arange(steps) * (n_timesteps // steps) + 1
+    # exactly `steps` steps spread over the whole range: i·n // steps + 1 is the official i·(n // steps) + 1 when steps
+    # divides n, and for other counts still starts near l = n (400 steps: 1 … 998, not 1 … 799 with x_T pure noise)
+    return torch.arange(steps) * n_timesteps // steps + 1
 
 
 @torch.no_grad()

@@ -176,6 +176,25 @@ def test_schedule_matches_official_values():
         st.ddim_timesteps(1000, 1000)                            # the +1 shift would step past ᾱ_999
 
 
+def test_ddim_timesteps_cover_the_range_for_any_step_count():
+    # official `make_ddim_timesteps` for divisors of 1000: arange(0, 1000, 1000 // steps) + 1
+    for steps in (10, 50, 100, 200, 250, 500):
+        assert torch.equal(st.ddim_timesteps(1000, steps), torch.arange(0, 1000, 1000 // steps) + 1)
+    for steps in (150, 300, 400, 600, 999):                  # non-divisors: still start near l = 999 (x_T is noise)
+        ts = st.ddim_timesteps(1000, steps)
+        assert len(ts) == steps and len(set(ts.tolist())) == steps
+        assert ts[0].item() == 1 and ts[-1].item() >= 1000 - 1000 // steps
+    assert st.ddim_timesteps(1000, 400)[-1].item() == 998    # was 799 with i·(1000 // 400) + 1
+
+
+def test_backbone_keeps_every_shape_of_the_full_model():
+    """Table 6 Backbone (no prior) must take MusicLDM / SyncTrack weights: same shape for every shared key."""
+    full = st.SyncTrack(tiny()).state_dict()
+    backbone = st.SyncTrack(tiny(instrument_prior=False)).state_dict()
+    assert set(backbone) == {k for k in full if ".instrument_prior." not in f".{k}"}
+    assert all(backbone[k].shape == full[k].shape for k in backbone)
+
+
 class Oracle(torch.nn.Module):
     """A 'denoiser' that returns the noise consistent with a fixed clean latent z0."""
 
