@@ -407,6 +407,29 @@ def write_toy(out, n, clip_samples, seed=0, first_stage=None):
                      subtype="PCM_16")
 
 
+class EncodedClips(torch.utils.data.Dataset):
+    """The grid clips of a ToyDataset or SlakhDataset, kept as their first-stage posterior: item (2, S, C, T, F) =
+    [mean, std] of the scaled latent, so a training step draws z = mean + std·ε (what stage.encode(sample=True) draws)
+    without running the encoder again. For a learned first stage on a CPU, where the encoder costs more than a toy
+    denoiser step. The clips are fixed (no random offsets); training keys wrap around as in _Clips."""
+
+    def __init__(self, dataset, stage, batch_size=32, device="cpu"):
+        c = dataset.clip_samples
+        posteriors = []
+        for i in tqdm(range(0, len(dataset.clips), batch_size), "encoding clips", leave=False, disable=None):
+            wave = torch.from_numpy(np.stack([np.asarray(dataset.song(k)[:, o:o + c], np.float32)
+                                              for k, o in dataset.clips[i:i + batch_size]]))  # (b, S, c)
+            posteriors.append(torch.stack(stage.posterior(wave.to(device)), 1).cpu())  # (b, 2, S, C, T, F)
+        self.posteriors = torch.cat(posteriors)
+        self.report = dataset.report
+
+    def __len__(self):
+        return len(self.posteriors)
+
+    def __getitem__(self, key):
+        return self.posteriors[key % len(self.posteriors)]
+
+
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="Write toy validation clips in the stem_0..stem_3 layout.")

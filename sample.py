@@ -77,7 +77,7 @@ def load(args):
     cfg = model.config
     if cfg.first_stage == "offline":
         stage = st.make_first_stage("offline")
-    elif args.first_stage or "state_dict" in ckpt:
+    elif args.first_stage or "state_dict" in ckpt or "first_stage" in ckpt:  # MusicLDM weights or our toy VAE
         stage = st.make_first_stage(args.first_stage or args.ckpt, trust=args.trust)
     else:
         raise SystemExit(f"{args.ckpt} diffuses MusicLDM latents: give --first-stage PATH (MusicLDM VAE + vocoder)")

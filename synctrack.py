@@ -71,7 +71,8 @@ class SyncTrackConfig:
     n_timesteps: int = 1000
     beta_start: float = 0.0015             # LDM "linear": linear in √β
     beta_end: float = 0.0195
-    # audio: which first stage maps waveforms to latents ("musicldm" = Eq. 1/3 with weights, "offline" = no weights)
+    # audio: which first stage maps waveforms to latents (Eq. 1/3): "musicldm" (VAE + HiFi-GAN weights), "toy-vae" (the
+    # small VAE + Griffin-Lim of the toy preset, inside our checkpoints) or "offline" (no weights; tests)
     first_stage: str = "musicldm"
     sample_rate: int = 16000               # MusicLDM (the front end is built for 16 kHz only)
     clip_samples: int = 163840             # 10.24 s (official)
@@ -113,9 +114,9 @@ class SyncTrackConfig:
 
 PRESETS = {
     "paper": dict(),
-    # a laptop-CPU model: 2.56 s clips on the offline first stage (16 × 64 × 16 latents), attention at 1/4 resolution
-    "toy": dict(latent_channels=16, latent_time=64, latent_freq=16, model_channels=32, norm_groups=8,
-                channel_mult=(1, 2, 2), num_res_blocks=1, attention_ds=(4,), first_stage="offline", clip_samples=40960),
+    # a laptop-CPU model: 2.56 s clips on the toy VAE (8 × 32 × 8 latents), attention at 1/2 and 1/4 resolution
+    "toy": dict(latent_channels=8, latent_time=32, latent_freq=8, model_channels=32, norm_groups=8,
+                channel_mult=(1, 2, 2), num_res_blocks=1, attention_ds=(2, 4), first_stage="toy-vae", clip_samples=40960),
     # for tests: the smallest model that still has every module
     "tiny": dict(latent_channels=16, latent_time=16, latent_freq=16, model_channels=32, norm_groups=8,
                  channel_mult=(1, 1), num_res_blocks=1, attention_ds=(2,), head_channels=16, prior_hidden=32,
@@ -699,7 +700,11 @@ class VAEDecoder(nn.Module):
 
 
 class AutoencoderKL(nn.Module):
-    """MusicLDM's KL-regularised VAE, built from the official `ddconfig` dict (keys it does not use are ignored)."""
+    """MusicLDM's KL-regularised VAE, built from the official `ddconfig` dict (keys it does not use are ignored).
+
+    Our one extra key, `fold` (default 1, MusicLDM), folds fold×fold mel patches into channels before the encoder and
+    back after the decoder (in_channels = out_ch = fold²): the toy stage's way to be cheap on a CPU.
+    """
 
     def __init__(self, ddconfig, embed_dim):
         super().__init__()
@@ -711,18 +716,23 @@ class AutoencoderKL(nn.Module):
         self.decoder = VAEDecoder(ch, ch_mult, n_res, ddconfig["out_ch"], z)
         self.quant_conv = nn.Conv2d(2 * z, 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z, 1)
-        self.embed_dim = embed_dim
-        self.downsampling = 2 ** (len(ch_mult) - 1)  # T and F shrink by this factor (4 for MusicLDM)
+        self.ddconfig, self.embed_dim = ddconfig, embed_dim
+        self.fold = ddconfig.get("fold", 1)
+        if ddconfig["in_channels"] != self.fold ** 2 or ddconfig["out_ch"] != self.fold ** 2:
+            raise ValueError(f"ddconfig {ddconfig}: in_channels and out_ch must be fold² = {self.fold ** 2}")
+        self.downsampling = self.fold * 2 ** (len(ch_mult) - 1)  # T and F shrink by this factor (4 for MusicLDM)
 
     def encode(self, mel):
-        """Eq. (1) VAE_enc: log-mel (B, T, F) -> posterior mean and log-variance, each (B, C, T/4, F/4)."""
-        moments = self.quant_conv(self.encoder(mel.unsqueeze(1)))  # (B, T, F) -> (B, 1, T, F) -> (B, 2C, T/4, F/4)
+        """Eq. (1) VAE_enc: log-mel (B, T, F) -> posterior mean and log-variance, each (B, C, T/d, F/d), d = 4 here."""
+        x = F.pixel_unshuffle(mel.unsqueeze(1), self.fold)  # (B, T, F) -> (B, fold², T/fold, F/fold); MusicLDM: fold 1
+        moments = self.quant_conv(self.encoder(x))  # -> (B, 2C, T/d, F/d)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)  # official DiagonalGaussianDistribution clamp
 
     def decode(self, z):
-        """Eq. (3) VAE_dec: latent (B, C, T/4, F/4) -> log-mel (B, T, F)."""
-        return self.decoder(self.post_quant_conv(z)).squeeze(1)  # (B, 1, T, F) -> (B, T, F)
+        """Eq. (3) VAE_dec: latent (B, C, T/d, F/d) -> log-mel (B, T, F)."""
+        x = self.decoder(self.post_quant_conv(z))  # (B, fold², T/fold, F/fold)
+        return F.pixel_shuffle(x, self.fold).squeeze(1)  # -> (B, 1, T, F) -> (B, T, F)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -787,6 +797,12 @@ class HiFiGAN(nn.Module):
 MUSICLDM_DDCONFIG = dict(double_z=True, z_channels=8, resolution=256, in_channels=1, out_ch=1, ch=128,
                          ch_mult=[1, 2, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)  # official config
 MUSICLDM_EMBED_DIM = 8  # official config: embed_dim 8, latent 8 × 256 × 16 per track
+# The toy first stage (README "The toy model"): MusicLDM's VAE design, but the log-mel is first folded 4×4 into 16
+# channels (pixel-unshuffle, as the offline stage), so its convolutions run at 1/16 of the positions: 8× down in T and
+# F, latent 8 × 32 × 8 per 2.56 s track. Trained by `train.py --stage vae`, decoded by GriffinLim (no vocoder to train).
+TOY_VAE_DDCONFIG = dict(double_z=True, z_channels=8, in_channels=16, out_ch=16, ch=64, ch_mult=[1, 2],
+                        num_res_blocks=1, attn_resolutions=[], fold=4)
+TOY_VAE_EMBED_DIM = 8
 HIFIGAN_16K_64 = dict(num_mels=64, upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
                       upsample_initial_channel=1024, resblock_kernel_sizes=[3, 7, 11],
                       resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]])  # official src/hifigan/config_16k_64.json
@@ -942,9 +958,22 @@ def _load_official_pair(folder, trust):
     return vae, vocoder, MUSICLDM_SCALE_FACTOR
 
 
-def _load_lightning(path, trust):
+def first_stage_state(vae, scale_factor):
+    """Our own first-stage record, stored under "first_stage" in a checkpoint: a VAE decoded by Griffin-Lim (the toy
+    stage). Tensors and plain values only, so it loads with weights_only=True."""
+    return dict(ddconfig=dict(vae.ddconfig), embed_dim=vae.embed_dim, vocoder="griffin-lim",
+                scale_factor=float(scale_factor), vae=vae.state_dict())
+
+
+def _load_own(record, path):
+    """(AutoencoderKL, GriffinLim, scale_factor) from a first_stage_state record."""
+    vae = AutoencoderKL(record["ddconfig"], record["embed_dim"])
+    state = {k: v.float() for k, v in record["vae"].items()}  # exported files hold float16
+    return _load_strict(vae, state, f"{path} (first_stage.vae)"), GriffinLim(), float(record["scale_factor"])
+
+
+def _load_lightning(checkpoint, path):
     """A MusicLDM or SyncTrack Lightning checkpoint: the first stage is the first_stage_model.* subtree."""
-    checkpoint = read_checkpoint(path, trust)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     prefix = "first_stage_model."
     if not isinstance(state, dict) or not any(k.startswith(prefix) for k in state):
@@ -971,6 +1000,7 @@ def load_first_stage(path, trust=False):
 
     `path` is a Lightning .ckpt (first_stage_model.*), a folder with vae-ckpt.ckpt + hifigan-ckpt.ckpt, or a diffusers
     folder (vae/, vocoder/). Pickle-based files are read with torch.load(weights_only=True) unless `trust` is set.
+    One of our checkpoints with a "first_stage" record (the toy VAE) gives (AutoencoderKL, GriffinLim, scale_factor).
     """
     path = pathlib.Path(path)
     if path.is_dir():
@@ -982,7 +1012,10 @@ def load_first_stage(path, trust=False):
                          "or a folder with vae-ckpt.ckpt and hifigan-ckpt.ckpt")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
-    return _load_lightning(path, trust)
+    checkpoint = read_checkpoint(path, trust)
+    if isinstance(checkpoint, dict) and "first_stage" in checkpoint:  # ours: the toy VAE (train.py --stage vae)
+        return _load_own(checkpoint["first_stage"], path)
+    return _load_lightning(checkpoint, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1008,7 +1041,10 @@ def _check_latent(z, channels, bins):
 
 
 class MusicLDMFirstStage(nn.Module):
-    """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z / scale))."""
+    """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z / scale)).
+
+    The toy stage is the same pipeline in miniature: a small VAE (TOY_VAE_DDCONFIG) with GriffinLim as the vocoder.
+    """
 
     sample_rate = SAMPLE_RATE
     latent_channels = MUSICLDM_EMBED_DIM
@@ -1036,17 +1072,25 @@ class MusicLDMFirstStage(nn.Module):
         sample=True draws from the posterior as the official training target does (`generator` on wave's device);
         sample=False returns the posterior mean.
         """
+        mean, std = self.posterior(wave)
+        if not sample:
+            return mean
+        return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+    @torch.no_grad()
+    def posterior(self, wave):
+        """(B, S, N) waveform -> mean and standard deviation of the scaled posterior, each (B, S, C, T, F).
+
+        Training on a fixed set of clips can keep these (data.EncodedClips) and draw z = mean + std·ε per step,
+        exactly what encode(sample=True) draws, without running the encoder again."""
         b, s, n = _check_wave(wave, self.multiple)
-        mean, logvar = self.vae.encode(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, C, T/4, F/4)
-        z = mean
-        if sample:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            z = mean + torch.exp(0.5 * logvar) * noise
-        return (self.scale_factor * z).reshape(b, s, *z.shape[1:])  # (B·S, C, T, F) -> (B, S, C, T, F)
+        mean, logvar = self.vae.encode(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, C, T/d, F/d)
+        std = torch.exp(0.5 * logvar)
+        return [(self.scale_factor * x).reshape(b, s, *x.shape[1:]) for x in (mean, std)]  # -> (B, S, C, T, F)
 
     @torch.no_grad()
     def decode(self, z):
-        """(B, S, C, T, F) scaled latent -> (B, S, N) waveform, N = 640·T."""
+        """(B, S, C, T, F) scaled latent -> (B, S, N) waveform, N = 160·d·T for a VAE that is d× down (MusicLDM: 4)."""
         b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.vae.downsampling)[:2]
         mel = self.vae.decode(z.flatten(0, 1) / self.scale_factor)  # (B·S, C, T, F) -> (B·S, 4T, 64)
         wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N + 32)
@@ -1055,11 +1099,60 @@ class MusicLDMFirstStage(nn.Module):
         return wave[:, 0, :n].reshape(b, s, n)  # (B·S, N) -> (B, S, N)
 
 
+class GriffinLim(nn.Module):
+    """A weight-free vocoder with HiFiGAN's interface: log-mel (B, F, T) -> waveform (B, 1, 160·T) by fast Griffin-Lim.
+
+    The vocoder of the offline stage and of the toy VAE stage: no weights to train or download, but it sounds phasey.
+    """
+
+    momentum = 0.99  # fast Griffin-Lim (Perraudin et al., 2013) acceleration, torchaudio's default
+    mel_ceiling = math.log(100.0)  # above the log-mel of any full-scale 16 kHz signal (its mel stays below ~30)
+
+    def __init__(self, iters=32):
+        super().__init__()
+        self.iters = iters  # 32: spectral convergence about 0.15, about 2 s per 10.24 s track on 2 CPU cores
+        basis = mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BINS, 0.0, MEL_FMAX).astype(np.float64)
+        # minimum-norm least-squares inverse of the filterbank: mel magnitudes -> linear STFT magnitudes
+        # (numpy's pinv: torch.linalg.pinv takes ~100x longer on CPU for this 64 x 513 matrix)
+        inverse = torch.from_numpy(np.linalg.pinv(basis)).float()  # (513, F)
+        self.register_buffer("mel_inverse", inverse, persistent=False)
+        self.register_buffer("window", torch.hann_window(MEL_N_FFT, periodic=True), persistent=False)
+
+    def stft(self, x):  # (B, N) -> (B, 513, N / hop + 1), the front end's STFT
+        return torch.stft(x, MEL_N_FFT, MEL_HOP, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)
+
+    def _istft(self, spec, n_samples):  # (B, 513, N / hop + 1) -> (B, N)
+        return torch.istft(spec, MEL_N_FFT, MEL_HOP, window=self.window, center=True, length=n_samples)
+
+    def forward(self, mel):
+        """Log-mel (B, F, T) -> waveform (B, 1, 160·T), from zero phase."""
+        n_samples = mel.shape[-1] * MEL_HOP
+        # 1. log-mel -> linear STFT magnitude: least squares through the filterbank, negatives clamped. A generated
+        #    log-mel can leave the range of real audio; clamp it there so exp() stays finite.
+        mel = mel.float().clamp(math.log(MEL_FLOOR), self.mel_ceiling)
+        magnitude = (self.mel_inverse @ mel.exp()).clamp(min=0.0)  # (B, F, T) -> (B, 513, T)
+        # 2. the front end dropped the last of the 1 + N/hop centred frames: repeat the final frame in its place
+        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # (B, 513, T + 1)
+        spec = magnitude.to(torch.complex64)
+        previous = torch.zeros_like(spec)
+        for _ in range(self.iters):
+            # 3. project onto consistent spectrograms (STFTs of some signal)
+            rebuilt = self.stft(self._istft(spec, n_samples))
+            # 4. momentum step, then keep the phase and impose the target magnitude
+            accelerated = rebuilt + self.momentum * (rebuilt - previous)
+            previous = rebuilt
+            spec = magnitude * accelerated / accelerated.abs().clamp(min=1e-8)
+        return self._istft(spec, n_samples).unsqueeze(1)  # (B, N) -> (B, 1, N)
+
+
 class OfflineFirstStage(nn.Module):
-    """Weight-free first stage for teaching and tests, used when no MusicLDM weights are given.
+    """Weight-free first stage for tests, used when no MusicLDM or toy VAE weights are given.
 
     The latent is the log-mel itself, normalised by fixed constants and folded 4×4 into channels (pixel-unshuffle):
-    (T, 64) -> (16, T/4, 16), exactly invertible. Audio comes back through Griffin-Lim, so it sounds phasey.
+    (T, 64) -> (16, T/4, 16), exactly invertible. Audio comes back through Griffin-Lim, so it sounds phasey. Every
+    denoiser error is heard directly as broadband noise: a model worth listening to needs a learned first stage
+    (the toy VAE stage, README "The toy model").
     """
 
     sample_rate = SAMPLE_RATE
@@ -1067,22 +1160,14 @@ class OfflineFirstStage(nn.Module):
     fold = 4  # 4×4 patches, matching MusicLDM's 4× downsampling of T and F
     # Log-mel statistics of Slakh2100 (co-author variant config comment "mean: -4.63, std: 2.74"): unit-scale latents
     mel_mean, mel_std = -4.63, 2.74
-    mel_ceiling = math.log(100.0)  # above the log-mel of any full-scale 16 kHz signal (its mel stays below ~30)
     # every latent value lies in here: the normalised log-mel between the floor and the ceiling (ddim_sample x0_range)
-    latent_range = ((math.log(MEL_FLOOR) - mel_mean) / mel_std, (mel_ceiling - mel_mean) / mel_std)
-    momentum = 0.99  # fast Griffin-Lim (Perraudin et al., 2013) acceleration, torchaudio's default
+    latent_range = ((math.log(MEL_FLOOR) - mel_mean) / mel_std, (GriffinLim.mel_ceiling - mel_mean) / mel_std)
 
     def __init__(self, griffin_lim_iters=32):
         super().__init__()
-        # 32 iterations: spectral convergence about 0.15, about 2 s per 10.24 s track on 2 CPU cores
         self.griffin_lim_iters = griffin_lim_iters
         self.multiple = MEL_HOP * self.fold
-        basis = mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BINS, 0.0, MEL_FMAX).astype(np.float64)
-        # minimum-norm least-squares inverse of the filterbank: mel magnitudes -> linear STFT magnitudes
-        # (numpy's pinv: torch.linalg.pinv takes ~100x longer on CPU for this 64 x 513 matrix)
-        inverse = torch.from_numpy(np.linalg.pinv(basis)).float()  # (513, F)
-        self.register_buffer("mel_inverse", inverse, persistent=False)
-        self.register_buffer("window", torch.hann_window(MEL_N_FFT, periodic=True), persistent=False)
+        self.vocoder = GriffinLim(griffin_lim_iters)
 
     def latent_shape(self, n_samples):
         """(C, T, F) of one track's latent: (16, 256, 16) for 10.24 s."""
@@ -1109,34 +1194,8 @@ class OfflineFirstStage(nn.Module):
         """(B, S, 16, T, 16) -> (B, S, N) waveform through Griffin-Lim, N = 640·T."""
         b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.fold)[:2]
         mel = self.latent_to_mel(z.flatten(0, 1))  # (B, S, C, T, F) -> (B·S, 4T, 64)
-        n = mel.shape[1] * MEL_HOP
-        return self.griffin_lim(mel, n).reshape(b, s, n)  # (B·S, N) -> (B, S, N)
-
-    def _stft(self, x):  # (B, N) -> (B, 513, N / hop + 1), the front end's STFT
-        return torch.stft(x, MEL_N_FFT, MEL_HOP, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)
-
-    def _istft(self, spec, n_samples):  # (B, 513, N / hop + 1) -> (B, N)
-        return torch.istft(spec, MEL_N_FFT, MEL_HOP, window=self.window, center=True, length=n_samples)
-
-    def griffin_lim(self, mel, n_samples):
-        """Log-mel (B, T, F) -> waveform (B, n_samples) by fast Griffin-Lim from zero phase."""
-        # 1. log-mel -> linear STFT magnitude: least squares through the filterbank, negatives clamped. A generated
-        #    log-mel can leave the range of real audio; clamp it there so exp() stays finite.
-        mel = mel.clamp(math.log(MEL_FLOOR), self.mel_ceiling)
-        magnitude = (self.mel_inverse @ mel.exp().transpose(1, 2)).clamp(min=0.0)  # (B, T, F) -> (B, 513, T)
-        # 2. the front end dropped the last of the 1 + N/hop centred frames: repeat the final frame in its place
-        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # (B, 513, T + 1)
-        spec = magnitude.to(torch.complex64)
-        previous = torch.zeros_like(spec)
-        for _ in range(self.griffin_lim_iters):
-            # 3. project onto consistent spectrograms (STFTs of some signal)
-            rebuilt = self._stft(self._istft(spec, n_samples))
-            # 4. momentum step, then keep the phase and impose the target magnitude
-            accelerated = rebuilt + self.momentum * (rebuilt - previous)
-            previous = rebuilt
-            spec = magnitude * accelerated / accelerated.abs().clamp(min=1e-8)
-        return self._istft(spec, n_samples)
+        wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N)
+        return wave[:, 0].reshape(b, s, -1)  # (B·S, N) -> (B, S, N)
 
 
 def make_first_stage(spec, trust=False):
@@ -1256,9 +1315,12 @@ def export_checkpoint(src, dst):
     """A small file to ship or share: the config and the EMA weights in float16 (load_model reads it)."""
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     weights = ckpt.get("ema") or ckpt["model"]
-    torch.save({"config": ckpt["config"], "model": {k: v.half() if v.is_floating_point() else v
-                                                    for k, v in weights.items()},
-                "step": ckpt.get("step"), "scale_factor": ckpt.get("scale_factor")}, dst)
+    half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # noqa: E731
+    out = {"config": ckpt["config"], "model": half(weights), "step": ckpt.get("step"),
+           "scale_factor": ckpt.get("scale_factor")}
+    if "first_stage" in ckpt:  # the toy VAE: shipped with the denoiser
+        out["first_stage"] = {**ckpt["first_stage"], "vae": half(ckpt["first_stage"]["vae"])}
+    torch.save(out, dst)
 
 
 def load_model(src, ema=True):

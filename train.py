@@ -23,6 +23,8 @@ from tqdm import tqdm
 import data
 import synctrack as st
 
+# The toy preset's frozen first stage: the shipped checkpoint holds it (train your own with --stage vae)
+TOY_FIRST_STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "synctrack_toy.pt")
 DEFAULTS = dict(
     batch_size=16,         # §5.1 / official config
     lr=3e-5,               # official (AdamW; the paper says Adam)
@@ -42,6 +44,9 @@ PRESET_DEFAULTS = {
     "toy": dict(lr=3e-4, warmup=200, ema=0.999, batch_size=8, steps=3500, val_every=500, ckpt_every=500),
     "tiny": dict(lr=1e-3, warmup=50, ema=0.99, batch_size=4, steps=200, toy_songs=32),
 }
+# `--stage vae`: the toy first stage, MusicLDM's VAE design at small width (synctrack.TOY_VAE_DDCONFIG), trained from
+# scratch on toy log-mels with L1 + KL as LDM's autoencoder (no GAN or perceptual term); these override the above.
+VAE_DEFAULTS = dict(lr=1e-3, warmup=100, batch_size=4, steps=1600, val_every=200, ckpt_every=200, kl_weight=1e-4)
 
 
 def parse_args(argv=None):
@@ -49,6 +54,9 @@ def parse_args(argv=None):
         f"  --preset {name}: " + ", ".join(f"{k}={v}" for k, v in over.items()) for name, over in PRESET_DEFAULTS.items()
         if over)
     p = argparse.ArgumentParser(description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["denoiser", "vae"], default="denoiser",
+                   help="what to train: the SyncTrack denoiser (Eq. 2) or the toy first stage (VAE of Eq. 1/3)")
+    p.add_argument("--kl-weight", type=float, help="--stage vae: weight of the KL term (per latent value)")
     p.add_argument("--data", default="toy", help="'toy' (procedural songs) or a Slakh2100 folder (either layout)")
     p.add_argument("--preset", choices=sorted(st.PRESETS),
                    help="model, clip size and training defaults (default: toy with --data toy, else paper)")
@@ -92,10 +100,11 @@ def parse_args(argv=None):
     if args.resume:
         return args  # everything else comes from the run being resumed (see main)
     args.preset = args.preset or ("toy" if args.data == "toy" else "paper")
-    for key, value in {**DEFAULTS, **PRESET_DEFAULTS[args.preset]}.items():
+    vae = VAE_DEFAULTS if args.stage == "vae" else {}
+    for key, value in {**DEFAULTS, **PRESET_DEFAULTS[args.preset], **vae}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.out = args.out or os.path.join("runs", args.preset)
+    args.out = args.out or os.path.join("runs", args.preset + ("-vae" if args.stage == "vae" else ""))
     return args
 
 
@@ -109,18 +118,36 @@ def model_config(args):
 
 def build_first_stage(args, cfg):
     """The frozen first stage (Eq. 1), and the config's latent grid made to match it."""
-    spec = args.first_stage or args.init or ("offline" if cfg.first_stage == "offline" else None)
+    spec = args.first_stage or args.init or {"offline": "offline", "toy-vae": TOY_FIRST_STAGE}.get(cfg.first_stage)
     if spec is None:
         raise SystemExit(f"preset {args.preset!r} diffuses MusicLDM latents: give --init musicldm-ckpt.ckpt or "
                          f"--first-stage PATH (MusicLDM weights), or --first-stage offline")
     stage = st.make_first_stage(spec, trust=args.trust)
     C, T, F = stage.latent_shape(cfg.clip_samples)
-    cfg.first_stage = "offline" if spec == "offline" else "musicldm"
+    cfg.first_stage = ("offline" if spec == "offline" else
+                       "toy-vae" if isinstance(stage.vocoder, st.GriffinLim) else "musicldm")
     cfg.latent_channels, cfg.latent_time, cfg.latent_freq = C, T, F
     return stage
 
 
-def datasets(args, cfg):
+def latents(stage, batch, sample=True):
+    """Eq. (1) for a batch of waveforms (B, S, N), or for cached posteriors (B, 2, S, C, T, F) from data.EncodedClips:
+    z = mean + std·ε when sampling (the official training target), the mean otherwise."""
+    if batch.dim() == 3:
+        return stage.encode(batch, sample=sample)
+    mean, std = batch.unbind(1)                                          # (B, 2, S, C, T, F) -> 2 × (B, S, C, T, F)
+    return mean + std * torch.randn_like(std) if sample else mean
+
+
+def own_first_stage(stage, cfg):
+    """The toy VAE travels inside every denoiser checkpoint, so sample.py needs no second file."""
+    return {"first_stage": st.first_stage_state(stage.vae, stage.scale_factor)} if cfg.first_stage == "toy-vae" else {}
+
+
+def datasets(args, cfg, stage=None):
+    """Training and validation clips; toy clips through a learned first stage are encoded once (data.EncodedClips)."""
+    if args.data == "toy" and hasattr(stage, "posterior"):
+        return tuple(data.EncodedClips(d, stage, device=args.device) for d in datasets(args, cfg))
     if args.data == "toy":
         return (data.ToyDataset(args.toy_songs, cfg.clip_samples, seed=args.seed, train=True),
                 data.ToyDataset(max(8, args.toy_songs // 16), cfg.clip_samples, seed=args.seed, train=False))
@@ -144,7 +171,7 @@ def validate(ema_model, stage, loader, args, autocast):
     for i, wave in enumerate(loader):
         if i == args.val_batches:
             break
-        z0 = stage.encode(wave.to(args.device), sample=False)
+        z0 = latents(stage, wave.to(args.device), sample=False)
         with autocast:
             losses.append(st.diffusion_loss(ema_model, z0, generator=g).item())
     return sum(losses) / max(len(losses), 1)
@@ -172,6 +199,8 @@ def main(argv=None):
         args.steps = max(given.steps or args.steps, ckpt["step"])
     if args.threads:
         torch.set_num_threads(args.threads)
+    if getattr(args, "stage", "denoiser") == "vae":
+        return train_vae(args, ckpt)
 
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
     if distributed:  # launched by torchrun: one process per GPU (NCCL) or CPU process (gloo)
@@ -207,7 +236,7 @@ def main(argv=None):
     if args.compile:
         net = torch.compile(net)
 
-    train_set, val_set = datasets(args, cfg)
+    train_set, val_set = datasets(args, cfg, stage)
     workers = args.workers if args.workers is not None else (0 if args.data == "toy" else 2)
     train_loader = data.make_loader(train_set, args.batch_size, True, workers, distributed, args.seed)
     val_loader = data.make_loader(val_set, args.batch_size, False, workers, distributed=False)
@@ -232,7 +261,7 @@ def main(argv=None):
         if rank != 0:
             return
         st.save_checkpoint(os.path.join(args.out, "ckpt.pt"), model, ema=ema_model.state_dict(),
-                           scale_factor=getattr(stage, "scale_factor", None),
+                           scale_factor=getattr(stage, "scale_factor", None), **own_first_stage(stage, cfg),
                            optimizer=opt.state_dict(), step=step, epoch=epoch, batch_in_epoch=batch_in_epoch,
                            running_loss=running, rng=rng_states(), args=vars(args))
 
@@ -252,7 +281,7 @@ def main(argv=None):
             for micro in range(args.accum):
                 wave = next(batches).to(args.device, non_blocking=True)      # (B, S, N)
                 with torch.no_grad():
-                    z0 = stage.encode(wave, sample=True)                       # (B, S, C, T, F), Eq. (1)
+                    z0 = latents(stage, wave)                                  # (B, S, C, T, F), Eq. (1)
                 sync = not distributed or micro == args.accum - 1
                 with contextlib.nullcontext() if sync else net.no_sync():  # DDP: all-reduce once per step
                     with autocast:
@@ -305,6 +334,93 @@ def main(argv=None):
         st.export_checkpoint(os.path.join(args.out, "ckpt.pt"), args.export)
     if distributed:
         dist.destroy_process_group()
+
+
+def vae_loss(vae, mel, kl_weight):
+    """LDM autoencoder objective without its GAN: L1(log-mel, VAE_dec(z)) + kl_weight · KL(q(z|mel) ‖ N(0, I)),
+    both averaged per value; z is drawn from the posterior (reparameterised). Returns (loss, L1)."""
+    mean, logvar = vae.encode(mel)                                       # (B, T, F) -> (B, C, T/d, F/d) each
+    z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+    l1 = (vae.decode(z) - mel).abs().mean()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
+    return l1 + kl_weight * kl, l1
+
+
+@torch.no_grad()
+def vae_scale_factor(vae, waves):
+    """LDM's scale_factor: 1 / std of the posterior means, so the denoiser sees latents of about unit variance."""
+    mean, _ = vae.encode(st.log_mel(waves.flatten(0, 1)))                # (B, S, N) -> (B·S, N) -> (B·S, C, T, F)
+    return 1.0 / mean.std().item()
+
+
+def train_vae(args, ckpt=None):
+    """`--stage vae`: train the toy first stage on toy clips; ckpt.pt holds it as a first-stage record that
+    `--first-stage runs/toy-vae/ckpt.pt` (and synctrack.load_first_stage) read, scale_factor included."""
+    if args.data != "toy":
+        raise SystemExit("--stage vae trains the toy first stage on toy songs; for Slakh use MusicLDM's VAE (--init)")
+    cfg = model_config(args)
+    torch.manual_seed(args.seed)
+    vae = st.AutoencoderKL(st.TOY_VAE_DDCONFIG, st.TOY_VAE_EMBED_DIM).to(args.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if ckpt:
+        vae.load_state_dict(ckpt["first_stage"]["vae"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        set_rng_states(ckpt["rng"])
+    train_set, val_set = datasets(args, cfg)
+    loader = data.make_loader(train_set, args.batch_size, True, workers=0, seed=args.seed)
+    val_waves = torch.stack([val_set[i] for i in range(min(len(val_set), 16))]).to(args.device)  # (16, S, N)
+    val_mel = st.log_mel(val_waves.flatten(0, 1))                        # (16·S, T, F)
+    batches_per_epoch = len(train_set) // args.batch_size
+    os.makedirs(args.out, exist_ok=True)
+    print(f"toy VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, latent "
+          f"{st.TOY_VAE_EMBED_DIM} x {cfg.clip_samples // st.MEL_HOP // vae.downsampling} x "
+          f"{st.MEL_BINS // vae.downsampling} per track; {len(train_set)} clips; writing {args.out}/")
+    log = open(os.path.join(args.out, "log.jsonl"), "a")
+    bar = tqdm(total=args.steps, initial=step, desc="train vae")
+    while step < args.steps:
+        loader.sampler.set_epoch(epoch, skip=batch_in_epoch * args.batch_size)
+        for wave in loader:
+            # 1. warm-up, 2. loss on the log-mels of every track of the batch, 3. update
+            for group in opt.param_groups:
+                group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+            loss, l1 = vae_loss(vae, st.log_mel(wave.to(args.device).flatten(0, 1)), args.kl_weight)
+            if not math.isfinite(loss.item()):
+                raise SystemExit(f"step {step}: loss {loss.item()}; stopped, the last good checkpoint is "
+                                 f"{args.out}/ckpt.pt")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step, batch_in_epoch = step + 1, batch_in_epoch + 1
+            bar.update()
+            # 4. log, validate (posterior-mean reconstruction of fixed clips), checkpoint with the scale factor
+            record = dict(step=step, loss=loss.item(), l1=l1.item()) if step % args.log_every == 0 else None
+            if step % args.val_every == 0 or step % args.ckpt_every == 0 or step == args.steps:
+                vae.eval()
+                with torch.no_grad():
+                    val_l1 = (vae.decode(vae.encode(val_mel)[0]) - val_mel).abs().mean().item()
+                    scale = vae_scale_factor(vae, val_waves)
+                vae.train()
+                record = {**(record or dict(step=step)), "val_l1": val_l1, "scale_factor": scale}
+                bar.set_postfix(val_l1=f"{val_l1:.3f}")
+                ckpt_state = dict(first_stage=st.first_stage_state(vae, scale), optimizer=opt.state_dict(),
+                                  step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, rng=rng_states(),
+                                  args=vars(args))
+                tmp = os.path.join(args.out, "ckpt.pt.tmp")
+                torch.save(ckpt_state, tmp)
+                os.replace(tmp, os.path.join(args.out, "ckpt.pt"))
+            if record:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if step == args.steps or batch_in_epoch == batches_per_epoch:
+                break
+        if batch_in_epoch == batches_per_epoch:
+            epoch, batch_in_epoch = epoch + 1, 0
+    bar.close()
+    log.close()
+    print(f"wrote {args.out}/ckpt.pt (toy first stage, step {step}); train the denoiser on it with "
+          f"`python train.py --preset toy --first-stage {args.out}/ckpt.pt`")
 
 
 def memory_gb(device):

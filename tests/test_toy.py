@@ -1,0 +1,101 @@
+"""The toy path: a small learned first stage (train.py --stage vae) under the denoiser, shipped inside one checkpoint."""
+import json
+import pathlib
+
+import pytest
+import torch
+
+import data
+import sample
+import synctrack as st
+import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "checkpoints" / "synctrack_toy.pt"
+TINY = ["--preset", "tiny", "--data", "toy", "--toy-songs", "8", "--batch-size", "2", "--log-every", "1",
+        "--threads", "2"]
+
+
+def small_vae(seed=0):
+    torch.manual_seed(seed)
+    return st.AutoencoderKL({**st.TOY_VAE_DDCONFIG, "ch": 32}, st.TOY_VAE_EMBED_DIM).eval()
+
+
+def log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_folded_vae_shapes_and_fold_one_is_musicldm():
+    vae = small_vae()
+    mel = torch.randn(3, 256, 64)
+    mean, logvar = vae.encode(mel)
+    assert mean.shape == logvar.shape == (3, 8, 32, 8) and vae.downsampling == 8  # fold 4 × one 2× level
+    assert vae.decode(mean).shape == mel.shape
+    with pytest.raises(ValueError, match="fold"):
+        st.AutoencoderKL({**st.TOY_VAE_DDCONFIG, "in_channels": 1}, 8)
+    assert st.AutoencoderKL(st.MUSICLDM_DDCONFIG, 8).downsampling == 4
+
+
+def test_first_stage_record_round_trip_and_export(tmp_path):
+    vae = small_vae()
+    torch.save({"first_stage": st.first_stage_state(vae, 0.5)}, tmp_path / "vae.pt")
+    loaded, vocoder, scale = st.load_first_stage(tmp_path / "vae.pt")
+    assert isinstance(vocoder, st.GriffinLim) and scale == 0.5
+    z = torch.randn(2, 8, 32, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z), vae.decode(z))
+    model = st.SyncTrack(st.SyncTrackConfig(**{**st.PRESETS["toy"]}))
+    st.save_checkpoint(tmp_path / "run.pt", model, first_stage=st.first_stage_state(vae, 0.5), scale_factor=0.5)
+    st.export_checkpoint(tmp_path / "run.pt", tmp_path / "small.pt")
+    shipped = torch.load(tmp_path / "small.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in shipped["first_stage"]["vae"].values())
+    half, _, _ = st.load_first_stage(tmp_path / "small.pt")  # float16 weights come back as float32
+    with torch.no_grad():
+        assert (half.decode(z) - vae.decode(z)).abs().max() < 1e-2
+
+
+def test_encoded_clips_hold_the_posterior_of_every_clip():
+    vae = small_vae()
+    stage = st.MusicLDMFirstStage(vae, st.GriffinLim(1), 0.3)
+    clips = data.ToyDataset(2, 10240, seed=3, train=False)
+    encoded = data.EncodedClips(clips, stage, batch_size=3)
+    assert len(encoded) == len(clips) == 4 and encoded[1].shape == (2, 4, 8, 8, 8)  # [mean, std] × (S, C, T, F)
+    wave = clips[1][None]                                                      # (1, S, N)
+    assert torch.allclose(encoded[1][0], stage.encode(wave, sample=False)[0], atol=1e-6)
+    assert torch.equal(train.latents(stage, encoded[1][None], sample=False)[0], encoded[1][0])
+    draws = torch.stack([train.latents(stage, encoded[1][None])[0] for _ in range(200)])
+    assert torch.allclose(draws.std(0).mean(), encoded[1][1].mean(), rtol=0.1)  # z = mean + std·ε
+
+
+def test_vae_stage_learns_and_the_denoiser_trains_and_samples_on_it(tmp_path):
+    vae_run, run, out = tmp_path / "vae", tmp_path / "run", tmp_path / "samples"
+    train.main(TINY + ["--stage", "vae", "--steps", "40", "--val-every", "20", "--out", str(vae_run)])
+    val = [r["val_l1"] for r in log(vae_run) if "val_l1" in r]
+    assert len(val) == 2 and val[-1] < 0.8 * val[0], val                    # reconstruction improves
+    stage = st.make_first_stage(vae_run / "ckpt.pt")
+    assert isinstance(stage.vocoder, st.GriffinLim) and stage.latent_shape(10240) == (8, 8, 8)
+    train.main(TINY + ["--steps", "4", "--first-stage", str(vae_run / "ckpt.pt"), "--out", str(run),
+                       "--export", str(tmp_path / "toy.pt")])
+    ckpt = torch.load(tmp_path / "toy.pt", weights_only=True)
+    cfg = st.SyncTrackConfig.from_dict(ckpt["config"])
+    assert cfg.first_stage == "toy-vae" and cfg.latent_shape == (4, 8, 8, 8) and "first_stage" in ckpt
+    sample.main(["--ckpt", str(tmp_path / "toy.pt"), "--n", "1", "--steps", "2", "--out", str(out)])
+    assert len(list((out / "stem_0").glob("*.wav"))) == 1
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped toy checkpoint")
+def test_shipped_toy_first_stage_reconstructs_held_out_clips():
+    """The shipped VAE on toy songs it never saw (seed 123): log-mel L1 of the posterior-mean round trip."""
+    vae, _, scale = st.load_first_stage(SHIPPED)
+    clips = data.ToyDataset(8, 40960, seed=123, train=False)
+    mel = st.log_mel(torch.stack([clips[i] for i in range(8)]).flatten(0, 1))  # (8·S, T, F)
+    with torch.no_grad():
+        mean, _ = vae.encode(mel)
+        rebuilt = vae.decode(mean)
+    loud = mel > -6                                                             # the notes, not the silence floor
+    assert (rebuilt - mel).abs().mean() < TOY_VAE_L1 and (rebuilt - mel)[loud].abs().mean() < TOY_VAE_LOUD_L1
+    assert 0.6 < (scale * mean).std().item() < 1.6                             # about unit variance (LDM scale_factor)
+
+
+# Measured on the shipped checkpoint (README "The toy model"): bounds about 1.5× the measured values
+TOY_VAE_L1, TOY_VAE_LOUD_L1 = 0.0, 0.0
