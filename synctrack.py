@@ -175,6 +175,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.in_layers = nn.Sequential(group_norm(groups, ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, ch_out))
+        # Dropout(0) does nothing; it holds index 2 so that the conv is `out_layers.3`, the official key
         self.out_layers = nn.Sequential(group_norm(groups, ch_out), nn.SiLU(), nn.Dropout(0.0),
                                         zero_init(nn.Conv2d(ch_out, ch_out, 3, padding=1)))
         self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
@@ -222,7 +223,7 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.to_q, self.to_k, self.to_v = (nn.Linear(ch, ch, bias=False) for _ in range(3))
-        self.to_out = nn.Sequential(nn.Linear(ch, ch))
+        self.to_out = nn.Sequential(nn.Linear(ch, ch))  # a one-layer Sequential: the official key is `to_out.0`
 
     def forward(self, x):
         # x: (N, L, C) -> (N, L, C)
@@ -242,8 +243,8 @@ class GlobalCrossTrackAttention(nn.Module):
         self.norm = nn.LayerNorm(ch)
         self.attn = Attention(ch, heads)
 
-    def forward(self, x):
-        # x: (B*S, L, C)
+    def forward(self, x, T, F_):
+        # x: (B*S, L, C); T and F are not needed (all tokens attend to all), only taken to match ③'s signature
         BS, L, C = x.shape
         h = self.norm(x).reshape(BS // self.n_tracks, self.n_tracks * L, C)  # (B*S, L, C) -> (B, S*L, C)
         return x + self.attn(h).reshape(BS, L, C)                              # (B, S*L, C) -> (B*S, L, C)
@@ -282,7 +283,8 @@ class TimeCrossTrackAttention(nn.Module):
             return h.reshape(BS, L, C)                                       # (B, S, T, F, C) -> (B*S, L, C)
         h = h.permute(0, 2, 3, 1, 4).reshape(B * T * F_, S, C)             # (B, S, T, F, C) -> (B*T*F, S, C)
         h = self.encoder_layer(h).reshape(B, T, F_, S, C).permute(0, 3, 1, 2, 4)
-        return x + h.reshape(BS, L, C)                                       # official: 2x + SA + FFN
+        # official variant: the layer already returns x + SA + FFN; adding x once more is the doubled residual
+        return x + h.reshape(BS, L, C)
 
 
 class GEGLU(nn.Module):
@@ -312,14 +314,16 @@ class TrackSharedTransformer(nn.Module):
         self.global_attn = GlobalCrossTrackAttention(ch, heads, len(cfg.tracks)) if use_global else None
         self.time_attn = TimeCrossTrackAttention(ch, heads, len(cfg.tracks), cfg.variant) if use_time else None
         self.norm2, self.attn2 = nn.LayerNorm(ch), Attention(ch, heads)
+        # Dropout(0) does nothing; it holds index 1 so that the output linear is `ff.2` (official `ff.net.2`)
         self.norm3, self.ff = nn.LayerNorm(ch), nn.Sequential(GEGLU(ch), nn.Dropout(0.0), nn.Linear(4 * ch, ch))
         self.proj_out = zero_init(nn.Conv2d(ch, ch, 1))
 
     def cross_track(self, x, T, F_):
-        steps = [lambda h: self.global_attn(h) if self.global_attn else h,
-                 lambda h: self.time_attn(h, T, F_) if self.time_attn else h]
-        for step in reversed(steps) if self.reorder else steps:
-            x = step(x)
+        """② then ③ (Eqs. 4, 5); ③ then ② for SyncTrack-reorder; an ablated attention (None) is skipped."""
+        order = (self.time_attn, self.global_attn) if self.reorder else (self.global_attn, self.time_attn)
+        for attn in order:
+            if attn is not None:
+                x = attn(x, T, F_)
         return x
 
     def forward(self, x):
@@ -374,45 +378,49 @@ class SyncTrack(nn.Module):
         emb_dim = 2 * E  # [time ‖ instrument prior] (official concat; Table A3 4-8), also without the prior (zeros)
         self.time_embed = nn.Sequential(nn.Linear(mc, E), nn.SiLU(), nn.Linear(E, E))
         self.instrument_prior = InstrumentPrior(S, cfg.prior_hidden, E) if cfg.instrument_prior else None
-        n_transformers = 0
+        transformers = []  # in build order; SyncTrack-alternate keeps ② in the even-numbered ones, ③ in the odd ones
 
-        def transformer(ch):  # `alternate` keeps ② in the even-numbered ones, ③ in the odd-numbered ones
-            nonlocal n_transformers
-            odd = n_transformers % 2 == 1
-            n_transformers += 1
-            use_global = cfg.global_attention and not (cfg.alternate and odd)
-            use_time = cfg.time_attention and not (cfg.alternate and not odd)
-            return TrackSharedTransformer(ch, cfg, use_global, use_time)
+        def transformer(ch):
+            odd = len(transformers) % 2 == 1
+            transformers.append(TrackSharedTransformer(ch, cfg, cfg.global_attention and not (cfg.alternate and odd),
+                                                       cfg.time_attention and not (cfg.alternate and not odd)))
+            return transformers[-1]
 
-        def shared(ch_in, ch_out):  # the layers of a track-shared module with a ResBlock
-            return [ResBlock(ch_in, emb_dim, ch_out, G), transformer(ch_out)]
+        def block(ch_in, ch_out, ds):  # a ResBlock, followed by attention at the resolutions that have it
+            layers = [ResBlock(ch_in, emb_dim, ch_out, G)]
+            return layers + [transformer(ch_out)] if ds in cfg.attention_ds else layers
 
-        # Encoder: the channel count of every block output is remembered for the skip connections.
+        def module(layers):  # Table A3's label: a ResBlock alone is track-specific, anything else track-shared
+            only_resblock = len(layers) == 1 and isinstance(layers[0], ResBlock)
+            return (TrackSpecificModule if only_resblock else TrackSharedModule)(layers)
+
+        # Table A3 prints a 64 × 64 input; the real latent is T × F = 256 × 16 (same 4096 positions), so "resolution
+        # 32 × 32" there is our ds = 2 (128 × 8) and so on. Rows are numbered as in Table A3.
+        # Encoder (Table A3 4-7 … 4-18): the channel count of every block output is kept for the skip connections.
         self.input_blocks = nn.ModuleList([TrackSpecificModule([nn.Conv2d(cfg.latent_channels, mc, 3, padding=1)])])
         skip_chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                block = shared(ch, mult * mc) if ds in cfg.attention_ds else [ResBlock(ch, emb_dim, mult * mc, G)]
-                self.input_blocks.append((TrackSharedModule if len(block) > 1 else TrackSpecificModule)(block))
+                self.input_blocks.append(module(block(ch, mult * mc, ds)))
                 ch = mult * mc
                 skip_chans.append(ch)
             if level < len(cfg.channel_mult) - 1:
                 self.input_blocks.append(TrackSharedModule([Downsample(ch)]))
                 skip_chans.append(ch)
                 ds *= 2
+        # Middle (Table A3 4-19 … 4-21, one official block): ResBlock, attention, ResBlock
         self.middle_block = TrackSharedModule([ResBlock(ch, emb_dim, ch, G), transformer(ch),
                                                ResBlock(ch, emb_dim, ch, G)])
-        # Decoder: each block takes the previous output concatenated with a skip.
+        # Decoder (Table A3 4-22 … 4-33; output layers 4-34 … 4-36): each block takes the previous output concatenated with a skip
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                ch_in = ch + skip_chans.pop()
-                block = shared(ch_in, mult * mc) if ds in cfg.attention_ds else [ResBlock(ch_in, emb_dim, mult * mc, G)]
+                layers = block(ch + skip_chans.pop(), mult * mc, ds)
                 ch = mult * mc
                 if level and i == cfg.num_res_blocks:
-                    block.append(Upsample(ch))
+                    layers.append(Upsample(ch))
                     ds //= 2
-                self.output_blocks.append((TrackSpecificModule if len(block) == 1 else TrackSharedModule)(block))
+                self.output_blocks.append(module(layers))
         self.out = nn.Sequential(group_norm(cfg.norm_groups, mc), nn.SiLU(),
                                  zero_init(nn.Conv2d(mc, cfg.latent_channels, 3, padding=1)))
         self.register_buffer("alphas_cumprod", alpha_bar_schedule(cfg), persistent=False)

@@ -97,5 +97,6 @@ def test_shipped_toy_first_stage_reconstructs_held_out_clips():
     assert 0.6 < (scale * mean).std().item() < 1.6                             # about unit variance (LDM scale_factor)
 
 
-# Measured on the shipped checkpoint (README "The toy model"): bounds about 1.5× the measured values
-TOY_VAE_L1, TOY_VAE_LOUD_L1 = 0.0, 0.0
+# Measured on the shipped first stage (runs/toy-vae, 2400 steps; README "The toy model"): L1 0.267 overall, 0.335 on
+# loud bins (natural-log mel units). The bounds are about 1.5× those.
+TOY_VAE_L1, TOY_VAE_LOUD_L1 = 0.4, 0.5
