@@ -524,7 +524,8 @@ def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, gen
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Audio front end: waveform -> log-mel, the "STFT & MelFB" of Eq. (1)
-# Values are the official TacotronSTFT(1024, 160, 1024, 64, 16000, 0, 8000) (research/official-audio-io.md §1.2).
+# Values are the official TacotronSTFT(1024, 160, 1024, 64, 16000, 0, 8000) (mathwanghr/SyncTrack@7bbb18b, the dataset's
+# mel front end).
 
 SAMPLE_RATE = 16000  # §5.1: audio resampled to 16 kHz
 MEL_N_FFT = 1024  # Appendix A.5: window size 1024 (n_fft = win_length)
@@ -876,7 +877,8 @@ def _read_safetensors(path):
 
 
 def _official_vae_key(key, levels):
-    """diffusers AutoencoderKL tensor name -> official LDM name (research/official-audio-io.md §4.3)."""
+    """diffusers AutoencoderKL tensor name -> official LDM name (the inverse of diffusers'
+    scripts/convert_original_musicldm_to_diffusers.py)."""
     # diffusers orders decoder levels coarse to fine, LDM fine to coarse: up_blocks.i is up.(levels - 1 - i)
     renames = [
         (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"encoder.down.{m[1]}.block.{m[2]}."),

@@ -2,7 +2,7 @@
 
 Golden values come from tests/fixtures/first_stage_official_small.pt, made by running the official SyncTrack modules
 (mathwanghr/SyncTrack @ 7bbb18b: TacotronSTFT, AutoencoderKL Encoder/Decoder, HiFi-GAN Generator) with seeded
-fp16-exact weights; see ../shared/fixtures/README.md. Other reference numbers say where they come from.
+fp16-exact weights; see tests/fixtures/README.md. Other reference numbers say where they come from.
 """
 import argparse
 import json
@@ -71,7 +71,7 @@ def test_mel_filterbank_matches_slaney_definition_and_librosa():
     for band, bin_ in [(0, 1), (0, 3), (0, 5), (20, 60), (40, 150), (63, 500), (63, 512)]:
         assert bank[band, bin_] == pytest.approx(slaney_weight(band, bin_ * 16000 / 1024), abs=1e-8)
     # librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmin=0, fmax=8000), librosa 0.11, quoted in
-    # research/official-audio-io.md §1.2: row 0 sums to 0.06399, global max 0.021331
+    # computed with librosa 0.11 when the fixtures were made: row 0 sums to 0.06399, global max 0.021331
     assert bank[0].sum() == pytest.approx(0.06399, abs=5e-6)
     assert bank.max() == pytest.approx(0.021331, abs=5e-7)
     # Slaney area normalisation: every triangle integrates to ~1 over frequency (bin width 15.625 Hz)
@@ -232,7 +232,7 @@ def same_weights(module, reference):
 
 
 def diffusers_vae_name(key, levels):
-    """Official LDM name -> diffusers AutoencoderKL name, from the table in research/official-audio-io.md §4.3."""
+    """Official LDM name -> diffusers AutoencoderKL name, as diffusers' convert_original_musicldm_to_diffusers.py."""
     renames = [
         (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
         (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),

@@ -33,7 +33,7 @@ def official_keys():
 # ---------------------------------------------------------------------------------------------------------------------
 
 # Table A3 of the paper, rows 4-7 … 4-33 (Param # per UNet block); the official code matches every row
-# (../shared/research/official-unet-keys.txt).
+# (the official UNetModel of mathwanghr/SyncTrack@7bbb18b, openaimodel.py, built with config/synctrack_train.yaml).
 TABLE_A3_INPUT = [9_344, 426_880, 426_880, 147_584, 3_681_280, 3_943_424, 590_080, 8_323_712, 8_667_648,
                   1_327_488, 22_392_448, 23_621_120]
 TABLE_A3_MIDDLE = [8_032_640, 15_588_480, 8_032_640]
@@ -165,7 +165,8 @@ def test_paper_time_attention_mixes_frequencies_official_does_not():
 
 def test_schedule_matches_official_values():
     a = st.alpha_bar_schedule(st.SyncTrackConfig())
-    # ../shared/research/official-denoiser.md §5.1: ᾱ_0 = 0.9985, ᾱ_499 = 0.1158, ᾱ_999 = 1.423e-4
+    # official make_beta_schedule('linear') (mathwanghr/SyncTrack@7bbb18b diffusionmodules/util.py): ᾱ_0 = 0.9985,
+    # ᾱ_499 = 0.1158, ᾱ_999 = 1.423e-4
     assert a[0].item() == pytest.approx(0.9985, abs=1e-4)
     assert a[499].item() == pytest.approx(0.1158, abs=1e-4)
     assert a[999].item() == pytest.approx(1.423e-4, rel=1e-3)
