@@ -377,10 +377,11 @@ def _write_atomic(path, content):
 
 
 def _cache_file(cache, path, start, stop):
-    """The cache entry of frames [start, stop) of `path`: keyed by path, size, mtime and span, so a changed file is
-    never served stale. fps and tl are not in the key: the entry holds the RNN's activations, the DBN runs after."""
+    """The cache entry of frames [start, stop) of `path`: keyed by the file's real path (links to one file share an
+    entry), size, mtime and span, so a changed file is never served stale. fps and tl are not in the key: the entry
+    holds the RNN's activations, the DBN runs after."""
     st = os.stat(path)
-    key = f"activations-v1|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{start}|{stop}"
+    key = f"activations-v1|{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{start}|{stop}"
     return Path(cache) / (hashlib.sha1(key.encode()).hexdigest() + ".npz")
 
 
@@ -432,8 +433,9 @@ def _pieces(samples, tracks, segment):
 
     segment None: one piece per sample, whole files. segment in seconds: the consecutive non-overlapping segments of
     the sample's shortest track, named NAME@<start>s, each track cut at its own rate; the last partial one dropped.
-    Each segment goes through the RNN and DBN on its own, as if it had been cut into a file (tracking the whole
-    file and cutting its beats does not give the same beats: the RNN is bidirectional and the DBN decodes globally).
+    Each segment goes through the RNN and DBN on its own, exactly as if it had been cut into a file. Tracking the
+    whole file once and cutting its beats is not the same: the DBN decodes the whole file at once, and on 30 s toy
+    songs cut into 10 s segments some beats moved by one frame (10 ms at fps 100).
     """
     pieces, skipped, dropped = {}, [], 0
     for name, files in samples.items():
@@ -609,7 +611,7 @@ def bootstrap_intervals(result, n_boot=1000, seed=0, level=0.95):
     "mean"}, "cbs": [lo, hi], "cbd": {"mean", "std", "median"}, "n_boot", "seed", "level"}."""
     _, table = _piece_table(result)
     s = len(result["tracks"])
-    ci = _interval(_resampled([table], s, n_boot, seed), level) if len(table) else [[math.nan] * 2] * (s + 5)
+    ci = _interval(_resampled([table], s, n_boot, seed), level) if len(table) and n_boot else [[math.nan] * 2] * (s + 5)
     return {**_nest(ci, result["tracks"]), "n_boot": n_boot, "seed": seed, "level": level}
 
 
@@ -626,8 +628,8 @@ def compare(a, b, n_boot=1000, seed=0, level=0.95):
     (names_a, ta), (names_b, tb) = _piece_table(a), _piece_table(b)
     s, paired = len(a["tracks"]), bool(names_a) and names_a == names_b
     diff = _summaries(tb, s) - _summaries(ta, s)
-    ci = (_interval(_resampled([ta, tb], s, n_boot, seed, paired), level) if len(ta) and len(tb)
-          else [[math.nan] * 2] * (s + 5))
+    ci = (_interval(_resampled([ta, tb], s, n_boot, seed, paired), level) if len(ta) and len(tb) and n_boot
+          else [[math.nan] * 2] * (s + 5))  # no pieces on a side, or no resamples asked for: no interval
     return {"paired": paired, "n": [len(ta), len(tb)], "diff": _nest(diff.tolist(), a["tracks"]),
             "ci": _nest(ci, a["tracks"]), "n_boot": n_boot, "seed": seed, "level": level}
 
@@ -1075,20 +1077,21 @@ def _print_header(r):
 
 def _print_rhythm(r):
     n, ci, c = r["n_samples"], r.get("ci") or {}, r["counts"]
+    unit = "pieces" if r["settings"]["segment"] else "samples"
     print("\nIRS (Eq. 6, lower is better; Table 4)")
     for t in r["tracks"]:
         k = c[f"irs_{t}"]
-        why = f"{n - k} skipped (< 2 beats)" if k else "no sample with 2 beats"
-        print(f"  {t:<7} {_fmt_ci(r['irs'][t], ci.get('irs', {}).get(t))}   over {k} samples; {why}")
+        why = f"{n - k} skipped (< 2 beats)" if k else "none has 2 beats"
+        print(f"  {t:<7} {_fmt_ci(r['irs'][t], ci.get('irs', {}).get(t))}   over {k} {unit}; {why}")
     why = "   (no track has a value)" if math.isnan(r["irs"]["mean"]) else ""
     print(f"  {'mean':<7} {_fmt_ci(r['irs']['mean'], ci.get('irs', {}).get('mean'))}{why}")
     print("\nCBS (Eq. 7, higher is better; Table 5)")
-    why = "" if c["cbs"] else "   (no sample has 2 tracks with beats)"
-    print(f"  {_fmt_ci(r['cbs'], ci.get('cbs'))}   over {c['cbs']} samples{why}")
+    why = "" if c["cbs"] else f"   (no {unit[:-1]} has 2 tracks with beats)"
+    print(f"  {_fmt_ci(r['cbs'], ci.get('cbs'))}   over {c['cbs']} {unit}{why}")
     print("\nCBD (Eq. 8, lower is better; Table 5)")
-    why = "" if c["cbd"] else "   (no sample has a matched beat)"
+    why = "" if c["cbd"] else f"   (no {unit[:-1]} has a matched beat)"
     print("  " + "   ".join(f"{k} {_fmt_ci(r['cbd'][k], ci.get('cbd', {}).get(k))}" for k in CBD_KEYS)
-          + f"   over {c['cbd']} samples{why}")
+          + f"   over {c['cbd']} {unit}{why}")
 
 
 def _print_grid(r):

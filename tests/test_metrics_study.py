@@ -158,6 +158,7 @@ def test_compare_with_itself_and_with_a_shifted_set():
     assert same_set["paired"] and same_set["n"] == [40, 40]
     lo, hi = same_set["ci"]["cbs"]
     assert lo <= 0 <= hi and same_set["diff"]["cbs"] == 0
+    assert all(math.isnan(v) for v in metrics.compare(a, a, n_boot=0)["ci"]["cbs"])  # --bootstrap 0: no interval
     shifted = synthetic(np.random.default_rng(6), 50, cbs_mean=0.6, prefix="q")  # other names: unpaired
     cmp = metrics.compare(a, shifted, n_boot=300)
     assert not cmp["paired"] and cmp["n"] == [40, 50]
