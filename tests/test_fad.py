@@ -1,4 +1,4 @@
-"""FAD (metrics.py §6): Fréchet distance, the VGGish front end and model, end to end on generated audio.
+"""FAD (metrics.py §7): Fréchet distance, the VGGish front end and model, end to end on generated audio.
 
 No real VGGish weights here: the tests save a randomly initialised VGGish in the torchvggish key layout and check
 that it loads strictly. Values that depend on trained weights are not tested.
@@ -190,6 +190,9 @@ def test_fad_end_to_end(weights, tmp_path, capsys):
     strong = write_set(tmp_path / "strong", songs, noise=0.03, layout="named")
     cache = tmp_path / "emb.npz"
     r_same = metrics.fad(ref, same, weights, workers=2, cache=cache)
+    assert metrics.main(["fad", str(ref), str(same), "--vggish", str(weights), "--cache", str(cache)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(" 0.0000 ") == 5 and "-0.0000" not in printed  # identical sets: exactly 0, no sign
     assert r_same["frames"]["mix"] == [8, 8]  # 4 clips of 2 s, 2 examples each, pooled
     assert r_same["mix_source"]["ref"] == "0 mix files, 4 sums of the tracks"
     for group in ("mix", *TRACKS):
@@ -227,3 +230,24 @@ def test_fad_mix_files_and_bad_clips(weights, tmp_path):
     assert r["fad"]["mix"] == pytest.approx(0.0, abs=1e-3)  # float32 rounding of the stored mix only
     assert any("gen song1 (drums)" in s for s in r["skipped"])
     assert r["frames"]["drums"] == [4, 2] and r["frames"]["mix"] == [4, 4]
+
+
+def test_fad_skips_and_names_non_finite_files(weights, tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    songs = [song(rng) for _ in range(3)]
+    ref, gen = write_set(tmp_path / "ref", songs), write_set(tmp_path / "gen", songs)
+    bad = gen / "song2" / "bass.wav"
+    wave = sf.read(str(bad))[0]
+    wave[100], wave[200] = np.nan, np.inf
+    sf.write(str(bad), wave, SR, subtype="FLOAT")
+    assert metrics.main(["fad", str(ref), str(gen), "--vggish", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert f"{bad}: contains NaN or infinite samples" in out  # in the bass clip and in the summed mixture
+    r = metrics.fad(ref, gen, weights)
+    assert r["frames"]["bass"] == [6, 4] and r["frames"]["mix"] == [6, 4] and r["frames"]["drums"] == [6, 6]
+    assert r["fad"]["drums"] == pytest.approx(0.0, abs=1e-6) and np.isfinite(r["fad"]["bass"])
+
+
+def test_fad_json_to_a_folder_fails_before_any_work(weights, tmp_path, capsys):
+    assert metrics.main(["fad", str(tmp_path), str(tmp_path), "--vggish", str(weights), "--json", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """Rhythm metrics (metrics.py §1-§4): parity with the official SyncTrack scripts, known answers, layouts, bad input.
 
 Golden numbers come from tests/fixtures/metrics/official_results.json: the output of the official
-eval_metrics/{IRS,CBS,CBD}.py (github mathwanghr/SyncTrack @ 7bbb18b) on the 6 clips in that folder, with their
-shipped settings (fps 150, tl 100, CBS window 0.15 s); see ../shared/fixtures/README.md.
+eval_metrics/{IRS,CBS,CBD}.py (github mathwanghr/SyncTrack @ 7bbb18b) run on the 6 clips in that folder, with their
+shipped settings (fps 150, tl 100, CBS window 0.15 s). cases.json there says how each clip was made.
 """
 import json
 import math
@@ -29,9 +29,9 @@ def official_beats(name):
 
 @pytest.fixture(scope="module")
 def ours(tmp_path_factory):
-    """evaluate() on the fixture once per session: 24 files through madmom in 2 processes, beats cached for the
-    command-line test below."""
-    cache = tmp_path_factory.mktemp("beats") / "beats.json"
+    """evaluate() on the fixture once per session: 24 files through madmom in 2 processes, activations cached for
+    the command-line test below."""
+    cache = tmp_path_factory.mktemp("activations")
     return metrics.evaluate(FIXTURE, workers=2, cache=cache), cache
 
 
@@ -260,20 +260,60 @@ def test_all_silent_sample_prints_no_nan(tmp_path, capsys):
 
 def test_command_line_reuses_cache_and_writes_json_and_plots(ours, tmp_path, capsys, monkeypatch):
     _, cache = ours
-    monkeypatch.setattr(metrics, "_track_job", None)  # any beat tracking now would fail: all must come from cache
+    assert len(list(cache.glob("*.npz"))) == 24  # one activation file per track file
+    monkeypatch.setattr(metrics, "_rnn", None)  # running the RNN now would fail: every activation must be cached
     out_json, plots = tmp_path / "r.json", tmp_path / "plots"
-    assert metrics.main([str(FIXTURE), "--cache", str(cache), "--json", str(out_json), "--plot", str(plots)]) == 0
+    assert metrics.main([str(FIXTURE), "--cache", str(cache), "--json", str(out_json), "--plot", str(plots),
+                         "--workers", "1"]) == 0
     out, _ = capsys.readouterr()
-    assert "IRS (Eq. 6" in out and f"{OFFICIAL['cbs']:.4f}" in out and f"{OFFICIAL['cbd']['median']:.4f}" in out
+    assert "IRS (Eq. 6" in out and f"{OFFICIAL['cbs']:.4f} [" in out and f"{OFFICIAL['cbd']['median']:.4f}" in out
+    assert "over 5 samples; 1 skipped (< 2 beats)" in out  # piano: piano_silent has no beat
     written = json.loads(out_json.read_text())
     assert written["cbs"] == pytest.approx(OFFICIAL["cbs"], rel=1e-9) and len(written["per_sample"]) == 6
     assert sorted(p.name for p in plots.iterdir()) == sorted(n.replace(".wav", ".png") for n in NAMES)
 
 
-def test_cache_key_changes_with_the_file_and_the_settings(tmp_path):
+def test_cache_entry_changes_with_the_file_and_the_span(tmp_path):
     f = tmp_path / "a.wav"
     write(f)
-    key = metrics._cache_key(f, 150, 100)
-    assert key != metrics._cache_key(f, 100, 100) and key != metrics._cache_key(f, 150, 50)
+    entry = metrics._cache_file(tmp_path, f, 0, None)
+    assert entry != metrics._cache_file(tmp_path, f, 0, 4000)  # a segment has its own activations
     write(f, seconds=0.6)
-    assert metrics._cache_key(f, 150, 100) != key
+    assert metrics._cache_file(tmp_path, f, 0, None) != entry
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="--cache takes a folder"):
+        metrics.evaluate(tmp_path, cache=tmp_path / "file")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Unlucky inputs (issue 13): each is named, nothing fails for it
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_symlink_loop_and_folder_named_like_audio_are_reported(tmp_path, capsys):
+    for i in range(4):
+        write(tmp_path / f"stem_{i}" / "a.wav")
+    (tmp_path / "stem_0" / "loop.wav").symlink_to(tmp_path / "stem_0" / "loop.wav")
+    (tmp_path / "stem_1" / "x.wav").mkdir()
+    _, samples, problems = metrics.find_samples(tmp_path)
+    assert list(samples) == ["a"]
+    assert any("loop.wav: symlink loop; ignored" in p for p in problems)
+    assert any("x.wav: a folder, not an audio file; ignored" in p for p in problems)
+    (tmp_path / "looped").symlink_to(tmp_path / "looped")
+    assert metrics.main([str(tmp_path / "looped")]) == 1
+    assert "looped: symlink loop" in capsys.readouterr().err
+
+
+def test_absurd_amplitude_is_noted(tmp_path):
+    loud = 5000 * np.sin(2 * np.pi * 220 * np.arange(SR) / SR).astype(np.float32)  # float wav in int16 units
+    for t in TRACKS:
+        (tmp_path / t).mkdir()
+        sf.write(str(tmp_path / t / "s.wav"), loud, SR, subtype="FLOAT")
+    result = metrics.evaluate(tmp_path, workers=1)
+    assert result["n_samples"] == 1
+    assert sum("peak amplitude 5e+03" in n for n in result["notes"]) == 4
+
+
+def test_json_to_a_folder_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(metrics, "evaluate", None)  # any evaluation would fail the test
+    assert metrics.main([str(FIXTURE), "--json", str(tmp_path)]) == 1
+    assert f"--json {tmp_path}: is a folder" in capsys.readouterr().err
