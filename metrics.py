@@ -730,7 +730,10 @@ def _rhythm_main(argv):
     p.add_argument("--plot", metavar="DIR", help="write one PNG per sample: its tracks with their beats")
     p.add_argument("--cache", metavar="FILE", help="JSON file of beats reused across runs (keyed by path, size, "
                                                    "mtime, fps, tl)")
+    import report  # the listening report (--report, --rating); imported here as report.py imports this module
+    report.add_arguments(p)
     a = p.parse_args(argv)
+    report.check_arguments(p, a)
     try:
         r = evaluate(a.dir, a.window, a.fps, a.tl, a.workers, a.cache, progress=True)
     except (FileNotFoundError, ValueError) as err:
@@ -746,6 +749,8 @@ def _rhythm_main(argv):
         for name, sample in tqdm(r["per_sample"].items(), desc="plots", unit="sample"):
             plot_beats(Path(a.plot) / f"{name}.png", name, samples[name], sample, a.fps)
         print(f"wrote {r['n_samples']} plots to {a.plot}")
+    if a.report:
+        return report.from_metrics(a, r)
     if not r["n_samples"]:
         print("error: no sample could be evaluated", file=sys.stderr)
         return 1
@@ -796,6 +801,9 @@ def _fad_main(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ratings"]:
+        import report
+        return report.ratings_main(argv[1:])
     return _fad_main(argv[1:]) if argv[:1] == ["fad"] else _rhythm_main(argv)
 
 
