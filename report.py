@@ -45,7 +45,8 @@ DB_FLOOR, DB_TOP = -90.0, -10.0  # dB of full scale mapped to the two ends of th
 SILENT_PEAK = 1e-4  # −80 dBFS: a track no louder than this is flagged silent
 CLIP_LEVEL = 0.999  # |x| at or above this sits at full scale (a clipped 16-bit file reads back 32767/32768 or −1)
 CLIP_SHARE = 1e-4  # flagged clipped when more than this share of the samples sits at full scale
-SETTINGS_KEYS = ("ckpt", "steps", "eta", "seed", "n", "first_stage", "raw", "no_clip", "given", "given_dir", "keep")
+SETTINGS_SHOWN = {"ckpt": "checkpoint", "steps": "steps", "eta": "η", "seed": "seed", "first_stage": "first stage",
+                  "raw": "raw weights", "no_clip": "no x0 clipping", "given": "given", "given_dir": "given dir"}
 MIME = {".wav": "audio/wav", ".ogg": "audio/ogg", ".flac": "audio/flac"}
 SYNC_SCALE, STABILITY_SCALE = 5, 3  # App. A.6: 5-point synchronisation (mix), 3-point stability (single track)
 RATING_TRACKS = ("drums", "piano")  # App. A.6: "drums (rhythmic instrument) and piano (melodic instrument)"
@@ -140,11 +141,13 @@ def _read(path):
     return wave, sr
 
 
-def flags(wave):
-    """Problems a listener should know of before judging: "silent", "clipped" (lists; empty when fine)."""
-    peak = float(np.abs(wave).max()) if wave.size else 0.0
-    at_full_scale = float(np.mean(np.abs(wave) >= CLIP_LEVEL)) if wave.size else 0.0
-    return (["silent"] if peak <= SILENT_PEAK else []) + (["clipped"] if at_full_scale > CLIP_SHARE else [])
+def flags(wave, clipped_share=None):
+    """Problems a listener should know of before judging: ["silent"], ["clipped 0.81%"] (share of the samples at
+    full scale, or `clipped_share` when the caller knows it better), or []."""
+    if not wave.size or float(np.abs(wave).max()) <= SILENT_PEAK:
+        return ["silent"]
+    share = float(np.mean(np.abs(wave) >= CLIP_LEVEL)) if clipped_share is None else clipped_share
+    return [f"clipped {100 * share:.2g}%"] if share > CLIP_SHARE else []
 
 
 def _wav_bytes(wave, sr):
@@ -220,12 +223,11 @@ table.m{border-collapse:collapse;margin:6px 0} table.m td,table.m th{padding:2px
 text-align:right} table.m th:first-child,table.m td:first-child{text-align:left}
 #controls{position:sticky;top:0;background:#fafafa;padding:6px 0;border-bottom:1px solid #ccc;z-index:1}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;margin:10px 0;padding:8px 12px}
-.row{display:grid;grid-template-columns:130px 270px 1fr;gap:8px;align-items:center;margin:3px 0}
+.row{display:grid;grid-template-columns:170px 270px 1fr;gap:8px;align-items:center;margin:3px 0}
 .row audio{width:270px;height:32px} .row img{width:100%;height:48px;display:block}
 .missing{color:#a00;font-style:italic} .flag{background:#c62828;color:#fff;border-radius:3px;padding:0 5px;
-font-size:12px;margin-left:6px} .flag.silent{background:#6d4c41} audio.err{outline:2px solid #c62828}
+font-size:12px;margin-left:6px;white-space:nowrap} .flag.silent{background:#6d4c41} audio.err{outline:2px solid #c62828}
 .nums{font-family:ui-monospace,monospace;font-size:13px;margin-bottom:4px} .scale label{margin-right:10px}
-.rate .row{grid-template-columns:130px 270px 1fr}
 """
 
 # Marks every player once it has loaded (or failed), and the page once all have: the header line tells the user
@@ -335,11 +337,13 @@ def _settings_html(folder):
     s, settings = folder["result"].get("settings", {}), folder["settings"]
     if settings is None:
         made = "no settings.json"
-    else:
-        made = ", ".join(f"{k} {_esc(settings[k])}" for k in (*SETTINGS_KEYS, "settings.json") if k in settings)
+    else:  # what sample.py was run with; options left off (None, False, [], "") are not worth a word, 0 is
+        shown = [(label, settings[k]) for k, label in (*SETTINGS_SHOWN.items(), ("settings.json", "settings.json"))
+                 if k in settings and not (settings[k] is None or settings[k] is False or settings[k] in ([], ""))]
+        made = ", ".join(f"{label} {_esc(v)}" for label, v in shown)
     beat = f"beats: madmom, fps {s.get('fps')}, tl {s.get('tl')}; CBS window {s.get('window')} s" if s else ""
     return (f"<li><b>{_esc(folder['label'])}</b> <span class='dim'>{_esc(folder['root'])}</span>, "
-            f"{len(folder['pieces'])} pieces: {made or 'settings.json without the usual keys'}; {beat}</li>")
+            f"{len(folder['pieces'])} pieces: {'; '.join(x for x in (made or 'settings.json', beat) if x)}</li>")
 
 
 class _Media:
@@ -403,20 +407,19 @@ def _mix_row(piece, present, n_tracks, media, stem):
         return "mix", [], None, None, "no track to mix"
     total, sr = mix_of(present)
     note = "sum of the tracks" if len(present) == n_tracks else f"sum of the {len(present)} tracks present"
-    clipped = ["clipped"] if np.mean(np.abs(total) > 1) > CLIP_SHARE else []  # the sum, before clip() hides it
-    silent = [f for f in flags(total) if f == "silent"]
-    return "mix", silent + clipped, media.audio(_wav_bytes(total, sr), ".wav", f"{stem}_mix"), None, note
+    fl = flags(total, clipped_share=float(np.mean(np.abs(total) > 1)))  # the sum, before clip() hides it
+    return "mix", fl, media.audio(_wav_bytes(total, sr), ".wav", f"{stem}_mix"), None, note
 
 
 def _flag_html(names):
-    return "".join(f"<span class='flag {n}'>{n}</span>" for n in names)
+    return "".join(f"<span class='flag {n.split()[0]}'>{n}</span>" for n in names)
 
 
 def _card(piece, folder, tracks, media, stem):
     """One piece: its numbers, the mix player and, per track, a solo player and a spectrogram strip with beats."""
     fps = float(folder["result"].get("settings", {}).get("fps", 150))
     rows = _rows(piece, tracks, tracks, fps, media, stem)
-    all_flags = sorted({f for _, fl, *_ in rows for f in fl})
+    all_flags = sorted({f.split()[0] for _, fl, *_ in rows for f in fl})
     data = "".join(f" data-{_attr(k)}='{'' if v is None else v}'" for k, v in flat_metrics(piece["sample"],
                                                                                           tracks).items())
     if piece["sample"] is None:
@@ -452,21 +455,24 @@ def _report_page(folders, tracks, media):
     cards = [_card(p, f, tracks, media, f"f{k}_{i:04d}") for k, f in enumerate(folders)
              for i, p in enumerate(f["pieces"])]
     keys = ["name", "cbs", "cbd_mean", "cbd_median", *(f"irs_{t}" for t in tracks), "irs_mean"]
-    options = "".join(f"<option value='{_attr(k)}'>{_esc(k.replace('_', ' '))}</option>" for k in keys)
+    labels = ["name"] + [" ".join([k.split("_")[0].upper(), *k.split("_")[1:]]) for k in keys[1:]]  # CBD mean
+    options = "".join(f"<option value='{_attr(k)}'>{_esc(label)}</option>" for k, label in zip(keys, labels))
     folder_options = "".join(f"<option>{_esc(f['label'])}</option>" for f in folders)
     not_evaluated = sum(p["sample"] is None for f in folders for p in f["pieces"])
+    unread = f"{not_evaluated} pieces not evaluated (incomplete or unreadable; shown with the reason). " \
+        if not_evaluated else ""
     header = (f"<h1>Listening report</h1><ul>{''.join(_settings_html(f) for f in folders)}</ul>"
               f"{_metric_table(folders, tracks)}"
               f"<p class='dim'>Spectrograms: log frequency, {F_MIN:.0f} Hz to Nyquist, {DB_FLOOR:.0f} to {DB_TOP:.0f}"
               f" dBFS. Cyan lines: the beats metrics.py found (drawn in true seconds); white ticks: seconds. "
-              f"{not_evaluated} pieces not evaluated (incomplete or unreadable; shown with the reason). "
-              f"<span id='audio-status'></span>.</p>")
+              f"{unread}<span id='audio-status'></span>.</p>")
     controls = (f"<div id='controls'>sort by <select id='key'>{options}</select> <select id='dir'><option value='asc'>"
                 f"ascending</option><option value='desc'>descending</option></select> folder <select id='folder'>"
                 f"<option value=''>all</option>{folder_options}</select> <input id='q' placeholder='name contains'> "
                 f"<label><input type='checkbox' id='flagged'> only flagged (clipped, silent)</label> "
                 f"<span id='shown' class='dim'></span></div>")
-    return _html("Listening report", header + controls + f"<div id='cards'>{''.join(cards)}</div>",
+    title = "Listening report: " + ", ".join(f["label"] for f in folders)
+    return _html(title, header + controls + f"<div id='cards'>{''.join(cards)}</div>",
                  STATUS_JS + SORT_JS)
 
 
@@ -476,7 +482,7 @@ INSTRUCTIONS = f"""<h1>Listening test</h1>
 1 = not at all, 2 = rarely, 3 = partly, 4 = mostly, 5 = perfectly together.</li>
 <li><b>Stability</b> (one instrument alone, 1-{STABILITY_SCALE}): does this track keep a steady beat?
 1 = unsteady, 2 = partly steady, 3 = steady.</li></ul>
-<p>Your name or code: <input id='listener'> <span id='done' class='dim'></span> <span id='audio-status'
+<p>Your name or code: <input id='listener'> <span id='done' class='dim'></span> · <span id='audio-status'
 class='dim'></span></p>"""
 
 
@@ -518,7 +524,7 @@ def _rating_page(folders, tracks, rate, media, seed):
                "<pre id='answers' hidden></pre>")
     script = (f"const FORMAT={json.dumps(FORMAT)},SYNC={SYNC_SCALE},STAB={STABILITY_SCALE};"
               + STATUS_JS + RATING_JS)
-    body = (f"{INSTRUCTIONS}<div id='cards' class='rate'>{''.join(cards)}</div>{buttons}"
+    body = (f"{INSTRUCTIONS}<div id='cards'>{''.join(cards)}</div>{buttons}"
             f"<script type='text/plain' id='key'>{encoded}</script>")
     return _html("Listening test", body, script), len(items)
 

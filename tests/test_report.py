@@ -105,7 +105,7 @@ def test_report_shows_every_piece_with_its_audio_and_numbers(folders, tmp_path):
     tracks = [sf.read(folders["a"] / f"stem_{s}" / "toy_2.wav")[0] for s in range(len(TRACKS))]
     np.testing.assert_allclose(mix, np.clip(np.sum(tracks, axis=0), -1, 1), atol=1 / 32767)
     # numbers: the settings, the metric table and each card's own values
-    for text in ("toy_ckpt_x.pt", "steps 37", "eta 0.5", "seed 11", f"{folders['ra']['cbs']:.4f}"):
+    for text in ("checkpoint checkpoints/toy_ckpt_x.pt", "steps 37", "η 0.5", "seed 11", f"{folders['ra']['cbs']:.4f}"):
         assert text in page
     s = folders["ra"]["per_sample"]["toy_2"]
     assert f"CBS {s['cbs']:.4f}" in by_name["toy_2"] and f"data-cbd_mean='{s['cbd']['mean']}'" in by_name["toy_2"]
@@ -254,6 +254,16 @@ def test_browser_loads_every_player_and_takes_a_screenshot(folders, tmp_path):
     assert len(durations) == len(audio_srcs(out.read_text())) == 13 + 2 * 5
     assert all(abs(float(d) - SECONDS) < 0.01 for d in durations)  # every player decoded its audio
     assert "23 of 23 players loaded" in dom and "data-settled-ms" in dom
+    # Sorting: CBS, descending, pieces without a CBS last
+    page = out.read_text().replace("</body>", "<script>const k=document.getElementById('key');k.value='cbs';"
+                                              "document.getElementById('dir').value='desc';"
+                                              "k.dispatchEvent(new Event('input'))</script></body>")
+    (tmp_path / "sorted.html").write_text(page)
+    dom = chromium("--virtual-time-budget=20000", "--dump-dom", (tmp_path / "sorted.html").as_uri())
+    tags = re.findall(r"<section class=\"card\"[^>]*>", dom)
+    values = [float((re.findall(r"data-cbs=\"([^\"]+)\"", tag) or ["nan"])[0]) for tag in tags]
+    n = sum(not np.isnan(v) for v in values)
+    assert len(values) == 5 and values[:n] == sorted(values[:n], reverse=True) and np.isnan(values[n:]).all()
     shot = tmp_path / "shot.png"
     chromium("--window-size=1200,900", f"--screenshot={shot}", out.as_uri())
     assert shot.stat().st_size > 10_000
