@@ -22,6 +22,7 @@ Map of the file
 """
 import argparse
 import base64
+import functools
 import html
 import io
 import json
@@ -58,11 +59,13 @@ FORMAT = "synctrack-ratings/1"  # the answer files' "format"
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _audio_in(folder):
-    return [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in MIME]
+    return [p for p in sorted(folder.iterdir())
+            if p.is_file() and p.suffix.lower() in MIME and not p.name.startswith(".")]
 
 
 def _all_files(root, layout, tracks):
-    """{name: {track or "mix": Path}} of every audio file of the layout, whether its piece is complete or not."""
+    """{name: {track or "mix": Path}} of every audio file of the layout, whether its piece is complete or not
+    (find_samples keeps complete pieces only, as the metrics must; the report also shows the others)."""
     found = {}
     if layout == "per-song":
         for song in (d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")):
@@ -99,20 +102,22 @@ def flat_metrics(sample, tracks):
 
 
 def pieces(root, result):
-    """Every piece under `root`: [{"name", "files" {track: Path or None}, "mix" Path or None, "sample"
-    (evaluate's per_sample entry, or None), "why" (reasons it was not evaluated)}], sorted by name."""
+    """Every piece under `root` and evaluate()'s `result` for it. Returns (tracks, pieces, notes): pieces sorted by
+    name, each {"name", "files" {track: Path or None}, "mix" Path or None, "sample" (evaluate's per_sample entry,
+    or None), "why" (reasons it was not evaluated)}; notes: the folder's problems that name no piece."""
     root = Path(root)
     layout, samples, problems = metrics.find_samples(root)
     tracks = _tracks(samples, result)
     found = _all_files(root, layout, tracks)
     reasons = [*problems, *result.get("skipped", [])]
-    out = []
+    out, attributed = [], set()
     for name in sorted(set(samples) | set(found)):
         files = samples.get(name) or found[name]
+        why = [r for r in reasons if r.startswith(f"{name}: ")]
+        attributed.update(why)
         out.append({"name": name, "files": {t: files.get(t) for t in tracks}, "mix": files.get(metrics.MIX),
-                    "sample": result.get("per_sample", {}).get(name),
-                    "why": [r.split(": ", 1)[1] for r in reasons if r.startswith(f"{name}: ")]})
-    return tracks, out
+                    "sample": result.get("per_sample", {}).get(name), "why": [r.split(": ", 1)[1] for r in why]})
+    return tracks, out, [r for r in reasons if r not in attributed]
 
 
 def read_settings(root):
@@ -157,7 +162,7 @@ def _wav_bytes(wave, sr):
 
 
 def mix_of(tracks):
-    """The mixture of the tracks present, as the official code writes it: clip(sum), over the longest track.
+    """The sum of the tracks present, over the longest one (written clipped, as the official code writes mixes).
     tracks: [(mono (N,), rate)]. Tracks at other rates than the first are resampled to it."""
     from scipy.signal import resample_poly
     sr = tracks[0][1]
@@ -168,16 +173,11 @@ def mix_of(tracks):
     return total, sr
 
 
-_COLOURS = None
-
-
+@functools.lru_cache(maxsize=None)
 def _colour_map():
-    """(256, 3) uint8 'magma', taken once from matplotlib (imported only here: a report without pictures needs none)."""
-    global _COLOURS
-    if _COLOURS is None:
-        import matplotlib
-        _COLOURS = (matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-    return _COLOURS
+    """(256, 3) uint8 'magma', taken once from matplotlib (imported only here: a rating page draws no pictures)."""
+    import matplotlib
+    return (matplotlib.colormaps["magma"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
 
 
 def spectrogram_png(wave, sr, beat_times):
@@ -189,13 +189,15 @@ def spectrogram_png(wave, sr, beat_times):
     n_cols = max(1, int(round(len(wave) / sr * PX_PER_SECOND)))
     starts = (np.arange(n_cols) * sr / PX_PER_SECOND).astype(int)
     padded = np.pad(wave.astype(np.float64), (n_fft // 2, n_fft))
-    frames = padded[starts[:, None] + np.arange(n_fft)]  # (cols, n_fft), centred frames
-    amp = np.abs(np.fft.rfft(frames * window, axis=1)) / (window.sum() / 2)  # (cols, bins); a full-scale sine -> 1
     freqs = np.fft.rfftfreq(n_fft, 1 / sr)
     edges = np.geomspace(F_MIN, sr / 2, BANDS + 1)
     lo = np.minimum(np.searchsorted(freqs, edges[:-1]), len(freqs) - 1)
     hi = np.maximum(lo + 1, np.searchsorted(freqs, edges[1:]))  # a band narrower than a bin takes the bin above
-    bands = np.stack([amp[:, a:b].max(axis=1) for a, b in zip(lo, hi)], axis=0)[::-1]  # (BANDS, cols), low at bottom
+    bands = np.zeros((BANDS, n_cols))
+    for c in range(0, n_cols, 1000):  # blocks of 10 s: memory stays flat for whole songs
+        frames = padded[starts[c:c + 1000, None] + np.arange(n_fft)]  # (cols, n_fft), centred frames
+        amp = np.abs(np.fft.rfft(frames * window, axis=1)) / (window.sum() / 2)  # (cols, bins); full-scale sine: 1
+        bands[:, c:c + 1000] = np.stack([amp[:, a:b].max(axis=1) for a, b in zip(lo, hi)])[::-1]  # low at bottom
     db = 20 * np.log10(np.maximum(bands, 1e-9))
     level = np.clip((db - DB_FLOOR) / (DB_TOP - DB_FLOOR), 0, 1)
     rgb = _colour_map()[(level * 255).astype(int)]  # (BANDS, cols, 3)
@@ -340,10 +342,12 @@ def _settings_html(folder):
     else:  # what sample.py was run with; options left off (None, False, [], "") are not worth a word, 0 is
         shown = [(label, settings[k]) for k, label in (*SETTINGS_SHOWN.items(), ("settings.json", "settings.json"))
                  if k in settings and not (settings[k] is None or settings[k] is False or settings[k] in ([], ""))]
-        made = ", ".join(f"{label} {_esc(v)}" for label, v in shown)
+        made = ", ".join(f"{label} <span title='{_esc(v)}'>{_esc(Path(v).name)}</span>" if label == "checkpoint"
+                         else f"{label} {_esc(v)}" for label, v in shown)  # a checkpoint's folder is in its title
     beat = f"beats: madmom, fps {s.get('fps')}, tl {s.get('tl')}; CBS window {s.get('window')} s" if s else ""
+    notes = "".join(f"<br><span class='missing'>{_esc(n)}</span>" for n in folder["notes"])
     return (f"<li><b>{_esc(folder['label'])}</b> <span class='dim'>{_esc(folder['root'])}</span>, "
-            f"{len(folder['pieces'])} pieces: {'; '.join(x for x in (made or 'settings.json', beat) if x)}</li>")
+            f"{len(folder['pieces'])} pieces: {'; '.join(x for x in (made or 'settings.json', beat) if x)}{notes}</li>")
 
 
 class _Media:
@@ -569,9 +573,9 @@ def write_report(roots, out_html, results=None, assets=False, rating=False, rati
     results = [r if r is not None else metrics.evaluate(root, **evaluate_kwargs) for r, root in zip(results, roots)]
     folders = []
     for label, root, result in zip(_labels(roots), roots, results):
-        tracks, items = pieces(root, result)
+        tracks, items, notes = pieces(root, result)
         folders.append({"label": label, "root": str(root), "result": result, "pieces": items, "tracks": tracks,
-                        "settings": read_settings(root)})
+                        "notes": notes, "settings": read_settings(root)})
     tracks = list(dict.fromkeys(t for f in folders for t in f["tracks"]))  # every folder's tracks, in order
     unknown = [t for t in rating_tracks if t not in tracks] if rating else []
     if unknown:

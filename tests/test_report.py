@@ -105,7 +105,7 @@ def test_report_shows_every_piece_with_its_audio_and_numbers(folders, tmp_path):
     tracks = [sf.read(folders["a"] / f"stem_{s}" / "toy_2.wav")[0] for s in range(len(TRACKS))]
     np.testing.assert_allclose(mix, np.clip(np.sum(tracks, axis=0), -1, 1), atol=1 / 32767)
     # numbers: the settings, the metric table and each card's own values
-    for text in ("checkpoint checkpoints/toy_ckpt_x.pt", "steps 37", "η 0.5", "seed 11", f"{folders['ra']['cbs']:.4f}"):
+    for text in ("title='checkpoints/toy_ckpt_x.pt'>toy_ckpt_x.pt", "steps 37", "η 0.5", "seed 11", f"{folders['ra']['cbs']:.4f}"):
         assert text in page
     s = folders["ra"]["per_sample"]["toy_2"]
     assert f"CBS {s['cbs']:.4f}" in by_name["toy_2"] and f"data-cbd_mean='{s['cbd']['mean']}'" in by_name["toy_2"]
@@ -137,6 +137,18 @@ def test_flags_and_a_folder_without_settings(folders, tmp_path):
     assert "no settings.json" in page
     assert "data-flags='clipped'" in by_name["song_a"] and "data-flags='silent'" in by_name["song_b"]
     assert report.flags(np.zeros((100, 1))) == ["silent"] and report.flags(np.full((100, 2), 0.5)) == []
+
+
+def test_a_missing_track_folder_shows_every_piece_incomplete(folders, tmp_path):
+    root = tmp_path / "no_guitar"
+    shutil.copytree(folders["a"], root)
+    shutil.rmtree(root / "stem_2")
+    out = tmp_path / "g.html"
+    report.write_report(root, out, metrics.evaluate(root, workers=1))  # nothing complete: madmom never runs
+    page = out.read_text()
+    assert sorted(cards(page)) == ["toy_1", "toy_2", "toy_half"]
+    assert "stem_2: folder missing" in page  # the folder's problem, in the header
+    assert all("not evaluated" in c and c.count("class='missing'>missing") >= 1 for c in cards(page).values())
 
 
 def test_spectrogram_draws_beats_at_their_time_and_a_tone_in_its_band():
