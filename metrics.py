@@ -750,7 +750,7 @@ def _rhythm_main(argv):
             plot_beats(Path(a.plot) / f"{name}.png", name, samples[name], sample, a.fps)
         print(f"wrote {r['n_samples']} plots to {a.plot}")
     if a.report:
-        return report.from_metrics(a, r)
+        return report.from_metrics(a, [a.dir, *a.more], [r])
     if not r["n_samples"]:
         print("error: no sample could be evaluated", file=sys.stderr)
         return 1

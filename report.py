@@ -9,7 +9,7 @@ the pieces and computes IRS/CBS/CBD (find_samples, evaluate); this file puts tho
     python metrics.py ratings answers/*.json              # mean ± std per folder (Table 3), correlations (Fig. 4)
 
 The page is one file that works offline from file://: audio as base64 data URIs (past EMBED_LIMIT, or with
---report-assets, copied into a REPORT_files/ folder beside the page and linked relatively), pictures as PNG data URIs,
+--report-assets, copied into NAME_files/ beside NAME.html and linked relatively), pictures as PNG data URIs,
 a few lines of plain JavaScript, no framework, no CDN.
 
 Map of the file
@@ -277,8 +277,10 @@ function answers(){return {format:FORMAT,page:document.title,listener:$('listene
 function progress(){const a=answers().pieces;$('done').textContent=a.filter(p=>p.sync!==null).length+' of '+a.length
  +' pieces rated';}
 box.addEventListener('change',progress);progress();
-$('show').addEventListener('click',()=>{$('answers').hidden=false;$('answers').textContent=JSON.stringify(answers(),null,1);});
-$('save').addEventListener('click',()=>{const a=document.createElement('a'),name=$('listener').value.trim()||'anonymous';
+$('show').addEventListener('click',()=>{$('answers').hidden=false;
+ $('answers').textContent=JSON.stringify(answers(),null,1);});
+$('save').addEventListener('click',()=>{const a=document.createElement('a'),
+ name=$('listener').value.trim()||'anonymous';
  a.href=URL.createObjectURL(new Blob([JSON.stringify(answers(),null,1)],{type:'application/json'}));
  a.download='answers-'+name.replace(/[^\\w.-]+/g,'_')+'.json';document.body.appendChild(a);a.click();a.remove();});
 """
@@ -290,6 +292,12 @@ def _esc(x):
 
 def _fmt(x, digits=4):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def metric_label(key):
+    """cbd_mean -> "CBD mean", irs_bass -> "IRS bass"; "name" stays."""
+    head, *rest = key.split("_")
+    return key if key == "name" else " ".join([head.upper(), *rest])
 
 
 def _attr(key):
@@ -459,8 +467,7 @@ def _report_page(folders, tracks, media):
     cards = [_card(p, f, tracks, media, f"f{k}_{i:04d}") for k, f in enumerate(folders)
              for i, p in enumerate(f["pieces"])]
     keys = ["name", "cbs", "cbd_mean", "cbd_median", *(f"irs_{t}" for t in tracks), "irs_mean"]
-    labels = ["name"] + [" ".join([k.split("_")[0].upper(), *k.split("_")[1:]]) for k in keys[1:]]  # CBD mean
-    options = "".join(f"<option value='{_attr(k)}'>{_esc(label)}</option>" for k, label in zip(keys, labels))
+    options = "".join(f"<option value='{_attr(k)}'>{_esc(metric_label(k))}</option>" for k in keys)
     folder_options = "".join(f"<option>{_esc(f['label'])}</option>" for f in folders)
     not_evaluated = sum(p["sample"] is None for f in folders for p in f["pieces"])
     unread = f"{not_evaluated} pieces not evaluated (incomplete or unreadable; shown with the reason). " \
@@ -505,7 +512,8 @@ def _rating_card(piece, tracks, rate, media, pid):
             answer = f"<span class='scale'>{what}: {_radios(name, scale)}</span>"
             lines.append(f"<div class='row'><b>{_esc(label)}</b>{_player(src, label)}{answer}</div>")
         else:
-            lines.append(f"<div class='row'><b>{_esc(label)}</b><span class='missing'>missing</span><span></span></div>")
+            lines.append(f"<div class='row'><b>{_esc(label)}</b><span class='missing'>missing</span><span></span>"
+                         "</div>")
     rated = [label for label, _, src, _, _ in rows[1:] if src]
     return f"<section class='card' id='{pid}'><h2 class='pos'>{pid}</h2>{''.join(lines)}</section>", rated
 
@@ -705,18 +713,19 @@ def ratings_main(argv):
     tracks = sorted({t for f in summary["folders"].values() for t in f["stability"]})
     listeners = {x.get("listener") or f"file {i}" for i, x in enumerate(all_answers)}
     print(f"{len(all_answers)} answer files, {len(listeners)} listeners, {len(summary['pieces'])} pieces; "
-          f"mean ± std (ratings)")
+          f"mean ± std (number of ratings), as Table 3")
     width = max([len(f) for f in summary["folders"]] + [6])
-    print(f"\n{'folder':<{width}}  {'synchronisation 1-5':<20}" + "".join(f"  {t + ' 1-3':<17}" for t in tracks))
+    print(f"\n{'folder':<{width}}  {'synchronisation 1-5':<20}"
+          + "".join(f"  {'stability ' + t + ' 1-3':<22}" for t in tracks).rstrip())
     for name, f in summary["folders"].items():
         print(f"{name:<{width}}  {mean_std(f['sync']):<20}"
-              + "".join(f"  {mean_std(f['stability'].get(t, [])):<17}" for t in tracks))
+              + "".join(f"  {mean_std(f['stability'].get(t, [])):<22}" for t in tracks).rstrip())
     corr = correlations(summary)
-    print("\ncorrelation per piece (mean rating over listeners) with the metric; expected sign in brackets")
+    print("\ncorrelation over pieces of the mean rating with each metric, as Fig. 4; expected sign in brackets")
     for c in corr:
         rating = "synchronisation" if c["rating"] == "sync" else f"stability {c['rating']}"
-        print(f"  {rating:<22} vs {c['metric']:<14} ({c['expected']})  Pearson r {_signed(c['pearson'])}  "
-              f"Spearman ρ {_signed(c['spearman'])}  over {c['n']} pieces")
+        print(f"  {rating:<22} vs {metric_label(c['metric']):<14} ({c['expected']})  "
+              f"Pearson r {_signed(c['pearson'])}  Spearman ρ {_signed(c['spearman'])}  over {c['n']} pieces")
     if a.json:
         out = {"folders": summary["folders"], "correlations": corr, "files": a.answers}
         _write_atomic(a.json, json.dumps(out, indent=1))
@@ -740,7 +749,7 @@ def add_arguments(p):
     g.add_argument("--report", metavar="HTML", help="write one self-contained HTML page: settings, metric table and "
                                                     "per piece a mix player, solo players and spectrograms with beats")
     g.add_argument("--report-assets", action="store_true",
-                   help=f"write the audio into HTML's folder HTML_files/ and link it instead of embedding it "
+                   help=f"write the audio into NAME_files/ beside NAME.html and link it instead of embedding it "
                         f"(automatic past {EMBED_LIMIT // 2 ** 20} MB of audio)")
     g.add_argument("--rating", action="store_true", help="make the page a blinded listening test (App. A.6): 1-5 "
                                                          "synchronisation per piece, 1-3 stability per rated track")
@@ -758,17 +767,15 @@ def check_arguments(p, a):
         p.error(f"--report {a.report}: is a folder; give the page's file name")
 
 
-def from_metrics(a, result):
-    """After metrics.py evaluated DIR (result): evaluate the other folders, write the page, say what was written."""
-    roots = (a.dir if isinstance(a.dir, list) else [a.dir]) + a.more
-    results = result if isinstance(result, list) else [result]
-    results += [None] * (len(roots) - len(results))
+def from_metrics(a, roots, results):
+    """After metrics.py evaluated some of `roots` (results, in order; missing ones are evaluated here with the same
+    beat settings): write the page and say what was written. Returns the exit status."""
+    results = list(results) + [None] * (len(roots) - len(results))
     try:
         for i, root in enumerate(roots):
             if results[i] is None:
-                results[i] = metrics.evaluate(root, window=a.window, fps=a.fps, tl=a.tl, workers=a.workers,
-                                              cache=a.cache, progress=True)
-                r = results[i]
+                results[i] = r = metrics.evaluate(root, window=a.window, fps=a.fps, tl=a.tl, workers=a.workers,
+                                                  cache=a.cache, progress=True)
                 print(f"{root}: {r['n_samples']} samples; CBS {_fmt(r['cbs'])}, CBD mean {_fmt(r['cbd']['mean'])}, "
                       f"IRS mean {_fmt(r['irs']['mean'])}")
         rate = [t.strip() for t in a.rating_tracks.split(",") if t.strip()]
@@ -776,8 +783,9 @@ def from_metrics(a, result):
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    where = f"audio in {w['assets']}/" + (" (past the embedding limit)" if w["auto_assets"] else "") \
-        if w["assets"] else "audio embedded"
+    where = "audio embedded"
+    if w["assets"]:
+        where = f"audio in {w['assets']}/" + (f" (past {EMBED_LIMIT // 2 ** 20} MB)" if w["auto_assets"] else "")
     print(f"wrote {w['path']}: {w['pieces']} pieces, {w['bytes'] / 1e6:.1f} MB "
           f"({w['bytes'] / 1e3 / max(w['pieces'], 1):.0f} kB per piece), {where}")
     return 0

@@ -46,7 +46,7 @@ def write_stem_folder(root, seeds, partial=None):
 
 
 def write_song_folder(root):
-    """The per-song layout without settings.json: song_a's drums clipped (a full-scale square), song_b's piano silent."""
+    """The per-song layout, no settings.json: song_a's drums clipped (a full-scale square), song_b's piano silent."""
     for k, name in ((5, "song_a"), (6, "song_b")):
         (root / name).mkdir(parents=True)
         song = data.toy_song(k, SECONDS)
@@ -81,7 +81,8 @@ def decode(src):
 
 def cards(page):
     """{piece name: its card's HTML}."""
-    return {m.group(1): m.group(0) for m in re.finditer(r"<section class='card' data-name='([^']*)'.*?</section>", page)}
+    found = re.finditer(r"<section class='card' data-name='([^']*)'.*?</section>", page)
+    return {m.group(1): m.group(0) for m in found}
 
 
 def test_report_shows_every_piece_with_its_audio_and_numbers(folders, tmp_path):
@@ -105,7 +106,8 @@ def test_report_shows_every_piece_with_its_audio_and_numbers(folders, tmp_path):
     tracks = [sf.read(folders["a"] / f"stem_{s}" / "toy_2.wav")[0] for s in range(len(TRACKS))]
     np.testing.assert_allclose(mix, np.clip(np.sum(tracks, axis=0), -1, 1), atol=1 / 32767)
     # numbers: the settings, the metric table and each card's own values
-    for text in ("title='checkpoints/toy_ckpt_x.pt'>toy_ckpt_x.pt", "steps 37", "η 0.5", "seed 11", f"{folders['ra']['cbs']:.4f}"):
+    for text in ("title='checkpoints/toy_ckpt_x.pt'>toy_ckpt_x.pt", "steps 37", "η 0.5", "seed 11",
+                 f"{folders['ra']['cbs']:.4f}"):
         assert text in page
     s = folders["ra"]["per_sample"]["toy_2"]
     assert f"CBS {s['cbs']:.4f}" in by_name["toy_2"] and f"data-cbd_mean='{s['cbd']['mean']}'" in by_name["toy_2"]
