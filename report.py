@@ -37,8 +37,9 @@ import soundfile as sf
 
 import metrics
 
-EMBED_LIMIT = 48 * 2 ** 20  # bytes of audio past which the page links files instead of embedding them (a page of
-# ~64 MB of base64 still opens in a few seconds; much larger ones make browsers crawl)
+EMBED_LIMIT = 32 * 2 ** 20  # bytes of audio past which the page links files instead of embedding them: a browser
+# parses the whole page before it shows it (measured: 10 MB pages open in 1-2 s, 21 MB in 6-9 s on a loaded 2-core
+# machine); 32 MB still embeds 16 pieces of 10 s at 16 kHz (the paper's clips)
 PX_PER_SECOND = 100  # spectrogram strip: one column per 10 ms
 BANDS = 64  # strip height: log-spaced frequency bands from F_MIN to Nyquist
 F_MIN = 40.0
