@@ -1188,6 +1188,8 @@ def _rhythm_parser():
                                                       "violin per DIR (and DIR2)")
     p.add_argument("--cache", metavar="DIR", help="folder of RNN activations reused across runs, by any --fps and "
                                                   "--tl (keyed by path, size, mtime and segment)")
+    import report  # the listening report (--report, --rating); imported here as report.py imports this module
+    report.add_arguments(p)
     return p
 
 
@@ -1204,7 +1206,8 @@ def _argument_errors(a):
         return "--compare compares one DIR with DIR2; give one DIR"
     if a.workers < 1 or a.bootstrap < 0 or not a.window > 0:
         return "--workers must be >= 1, --bootstrap >= 0 and --window > 0"
-    return None
+    import report
+    return report.argument_error(a)
 
 
 def _rhythm_main(argv):
@@ -1244,6 +1247,9 @@ def _rhythm_main(argv):
         _write_atomic(a.json, json.dumps(_json_safe(out), indent=1))
         print(f"\nwrote {a.json}")
     _write_figures(a, runs)
+    if a.report:
+        import report
+        return report.from_metrics(a, a.dirs, runs[:len(a.dirs)])
     if not all(r["n_samples"] for r in runs):
         print("error: no sample could be evaluated in " + ", ".join(r["root"] for r in runs if not r["n_samples"]),
               file=sys.stderr)
@@ -1317,6 +1323,9 @@ def _fad_main(argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ratings"]:
+        import report
+        return report.ratings_main(argv[1:])
     return _fad_main(argv[1:]) if argv[:1] == ["fad"] else _rhythm_main(argv)
 
 
