@@ -5,6 +5,9 @@ sample.py and the tests share it, and someone who only wants Slakh2100 clips can
 
 Map of the file:
   read_audio      any sound file -> float32 mono at 16 kHz (soundfile + scipy.signal.resample_poly)
+  atomic_write    every file this repo writes: temporary name + rename, cleaned up and named on failure
+  output_folder   a result folder is new, empty, or replaced whole (--overwrite); finish_output swaps it in
+  write_piece     one piece in the official layout: stem_0..stem_3, named links, mix (sample.py, `python data.py`)
   toy_song        a procedural 4-track song, deterministic by seed (tests, CPU demo, rhythm ground truth)
   ToyDataset      clips of toy songs held in memory
   SlakhDataset    clips of Slakh2100 in either layout, decoded once into a cache and memory-mapped (§5.1, App. A)
@@ -18,6 +21,7 @@ import hashlib
 import math
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import soundfile as sf
@@ -50,6 +54,91 @@ def read_audio(path, sr=SAMPLE_RATE):
         g = math.gcd(file_sr, sr)
         x = resample_poly(x, sr // g, file_sr // g)  # polyphase FIR, e.g. 44.1k -> 16k is up 160, down 441
     return x.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing results: atomic files, whole output folders, and the four-track layout of sample.py and `python data.py`
+
+
+def atomic_write(path, write):
+    """Create the file `path` by calling write(tmp) on a temporary name in the same folder, then renaming it to `path`.
+
+    The rename (os.replace) is atomic and replaces a symbolic link at `path` itself, never the file it points to. On any
+    failure the temporary file is removed and OSError("cannot write PATH: why") is raised: a reader (or a killed run)
+    never finds half a file under the final name.
+    """
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # pid: parallel ranks never share a temporary file
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # RuntimeError: soundfile's LibsndfileError, e.g. on a full disk
+            raise OSError(f"cannot write {path}: {e}") from None
+        raise
+
+
+def output_folder(out, overwrite=False):
+    """The folder to write a new result folder `out` into; finish_output(folder, out) completes it.
+
+    `out` itself when it is absent or empty. An existing non-empty `out` is refused (FileExistsError) unless overwrite:
+    then the result is written to a fresh `OUT.partial` beside it and swapped in whole by finish_output, so the old
+    folder is only removed once the new one is complete, and the two are never mixed.
+    """
+    out = pathlib.Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    if not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it, or choose another folder")
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists():
+        raise FileExistsError(f"{staging} exists (left by an interrupted --overwrite?): remove it first")
+    return staging
+
+
+def finish_output(folder, out):
+    """Move a complete result `folder` (from output_folder) to `out`, replacing the old `out` only now."""
+    out = pathlib.Path(out).absolute()
+    if folder == out:
+        return
+    old = out.with_name(f".{out.name}.old.{os.getpid()}")
+    os.rename(out, old)
+    os.rename(folder, out)
+    shutil.rmtree(old)
+
+
+LAYOUT_FOLDERS = (*(f"stem_{s}" for s in range(len(TRACKS))), *TRACKS, "mix")
+
+
+def piece_files(out, name):
+    """Every file write_piece writes for piece `name`: its stems, the named links, the mix."""
+    return [pathlib.Path(out, folder, f"{name}.wav") for folder in LAYOUT_FOLDERS]
+
+
+def write_piece(out, name, waves, sr=SAMPLE_RATE):
+    """Write one piece, waves (S, N) float, in the official layout that metrics.py and FAD tools read:
+
+    out/stem_s/NAME.wav for every track s, out/<track>/NAME.wav as a relative symbolic link to it (a copy where links
+    are unavailable), out/mix/NAME.wav the sum, as the official code writes it. 16-bit PCM, clipped to [-1, 1] (16-bit
+    files would wrap around otherwise). Every file is written atomically, the mix last. Returns how many samples were
+    clipped, stems and mix together.
+    """
+    for folder in LAYOUT_FOLDERS:
+        pathlib.Path(out, folder).mkdir(parents=True, exist_ok=True)
+    files = piece_files(out, name)
+    stems, links, mix = files[:len(TRACKS)], files[len(TRACKS):-1], files[-1]
+    for s, (stem, link) in enumerate(zip(stems, links)):
+        atomic_write(stem, lambda tmp: sf.write(tmp, np.clip(waves[s], -1, 1), sr, subtype="PCM_16", format="WAV"))
+        try:
+            atomic_write(link, lambda tmp: os.symlink(pathlib.Path("..", stem.parent.name, stem.name), tmp))
+        except OSError:  # no symbolic links here (some Windows setups): a copy instead
+            atomic_write(link, lambda tmp: shutil.copyfile(stem, tmp))
+    total = waves.sum(0)
+    atomic_write(mix, lambda tmp: sf.write(tmp, np.clip(total, -1, 1), sr, subtype="PCM_16", format="WAV"))
+    return int((np.abs(waves) > 1).sum() + (np.abs(total) > 1).sum())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -330,14 +419,16 @@ class SlakhDataset(_Clips):
             for old in path.parent.glob(f"{song.name}.*.npy"):  # stale entries of this song
                 if old != path:  # (another rank may have just written this one)
                     old.unlink(missing_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                np.save(f, audio)
-            os.replace(tmp, path)  # atomic: a killed run or a parallel rank never leaves half a file
+            atomic_write(path, lambda tmp: _save_npy(tmp, audio))  # a killed run or a parallel rank: never half a file
         return path, np.load(path, mmap_mode="r").shape[1], notes
 
     def song(self, k):
         return np.load(self.paths[k], mmap_mode="r")  # (S, N) float16, read lazily by the OS
+
+
+def _save_npy(path, array):
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to a temporary name
+        np.save(f, array)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -391,20 +482,45 @@ def make_loader(dataset, batch_size, train, workers=2, distributed=False, seed=0
 # Command line: write toy clips as files, e.g. the ground truth that metrics.py scores
 
 
-def write_toy(out, n, clip_samples, seed=0, first_stage=None):
-    """Write n validation clips of ToyDataset to out/stem_0..stem_3/toy_NNNN.wav (the layout sample.py writes).
-    With a first stage, each clip goes through encode → decode first (what its latents can at best give back)."""
+def write_toy(out, n, clip_samples, seed=0, first_stage=None, overwrite=False):
+    """Write n validation clips of ToyDataset as pieces toy_NNNN in sample.py's layout (write_piece), refusing a
+    non-empty `out` unless overwrite (output_folder). With a first stage, each clip goes through encode → decode first
+    (what its latents can at best give back)."""
+    folder = output_folder(out, overwrite)
     clips = ToyDataset(n_songs=math.ceil(n / 2), clip_samples=clip_samples, seed=seed, train=False)
     stage = make_first_stage(first_stage) if first_stage else None
-    for s in range(len(TRACKS)):
-        pathlib.Path(out, f"stem_{s}").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        wave = clips[i]                                                     # (S, c)
-        if stage is not None:
-            wave = stage.decode(stage.encode(wave[None], sample=False))[0]
-        for s, track in enumerate(wave.numpy()):
-            sf.write(pathlib.Path(out, f"stem_{s}", f"toy_{i:04d}.wav"), np.clip(track, -1, 1), SAMPLE_RATE,
-                     subtype="PCM_16")
+    try:
+        for i in tqdm(range(n), "writing", unit="clip", leave=False, disable=None):
+            wave = clips[i]                                                 # (S, c)
+            if stage is not None:
+                wave = stage.decode(stage.encode(wave[None], sample=False))[0]
+            write_piece(folder, f"toy_{i:04d}", wave.numpy())
+    except BaseException:
+        if folder != pathlib.Path(out).absolute():  # a half-written replacement is ours to remove; `out` is untouched
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finish_output(folder, out)
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description="Write toy validation clips (the toy model's ground truth) in sample.py's "
+                                            "layout: stem_0..stem_3, bass/drums/guitar/piano links, mix.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("out", help="output folder: absent or empty, or replaced whole with --overwrite")
+    p.add_argument("--n", type=int, default=16, help="how many clips")
+    p.add_argument("--clip-samples", type=int, default=40960, help="samples per clip (the toy preset's 2.56 s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation songs (ToyDataset)")
+    p.add_argument("--first-stage", help="'offline' (or weights): write encode → decode round trips instead")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT (only once the new one is whole)")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.clip_samples < 1:
+        raise SystemExit(f"--n and --clip-samples must be at least 1; got {args.n} and {args.clip_samples}")
+    try:
+        write_toy(args.out, args.n, args.clip_samples, args.seed, args.first_stage, args.overwrite)
+    except OSError as e:  # a non-empty OUT, a full disk: one line naming the folder or file
+        raise SystemExit(str(e)) from None
+    print(f"wrote {args.n} toy clips to {args.out}/ (stem_0..stem_3, bass/drums/guitar/piano, mix)")
 
 
 class EncodedClips(torch.utils.data.Dataset):
@@ -431,12 +547,4 @@ class EncodedClips(torch.utils.data.Dataset):
 
 
 if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description="Write toy validation clips in the stem_0..stem_3 layout.")
-    p.add_argument("out")
-    p.add_argument("--n", type=int, default=16)
-    p.add_argument("--clip-samples", type=int, default=40960, help="the toy preset's 2.56 s")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--first-stage", help="'offline' (or weights): write encode → decode round trips instead")
-    args = p.parse_args()
-    write_toy(args.out, args.n, args.clip_samples, args.seed, args.first_stage)
+    main()

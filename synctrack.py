@@ -483,6 +483,9 @@ def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, gen
                 x0_range=None):
     """DDIM (Song et al., 2021) from x_T (B, S, C, T, F); η = 1 is the official default (stochastic), η = 0 deterministic.
 
+    generator: one torch.Generator for all the noise, or a list of B generators, one per batch row: then row b depends
+    on generator b only, so a piece is the same in any batch (per-piece seeds, sample.py).
+
     x0_range: (low, high) to clamp the predicted z_0 into, for latents with a known range (the offline first stage's
     `latent_range`), as DDPM clips images to [-1, 1]; None (the official setting) never clamps.
 
@@ -496,11 +499,18 @@ def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, gen
     if known is not None:
         mask = torch.as_tensor(known_mask, dtype=torch.bool, device=x_T.device).expand(x_T.shape[:2])
         mask = mask[:, :, None, None, None].to(x_T.dtype)                   # (B, S) -> (B, S, 1, 1, 1)
+
+    def randn():  # N(0, I) of x's shape: (B, S, C, T, F) at once, or row b from generator b
+        if isinstance(generator, (list, tuple)):
+            return torch.stack([torch.randn(x_T.shape[1:], generator=g, device=x_T.device, dtype=x_T.dtype)
+                                for g in generator])
+        return torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype)
+
     x = x_T
     for t, t_prev in tqdm(list(zip(ts, prev))[::-1], desc="DDIM", disable=not progress, leave=False):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         if mask is not None:                      # hold the known tracks at q(z_t | z_0)
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            noise = randn()
             x = mask * q_sample(known, t_batch, noise, alpha_bar) + (1 - mask) * x
         eps = model(x, t_batch).to(x.dtype)
         a, a_prev = alpha_bar[t], alpha_bar[t_prev]
@@ -516,7 +526,7 @@ def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, gen
         # 4. z_prev = √ᾱ_prev ẑ_0 + direction + σ_t z,  z ~ N(0, I)           (DDIM Eq. 12)
         x = a_prev.sqrt() * x0 + direction
         if eta > 0:
-            x = x + sigma * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            x = x + sigma * randn()
     if mask is not None:
         x = mask * known + (1 - mask) * x
     return x

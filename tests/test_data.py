@@ -255,3 +255,68 @@ def test_babyslakh_wav_stems_without_split_folders(tmp_path):
     assert ds.report["kept"] == 1 and not ds.report["notes"]
     np.testing.assert_allclose(ds.song(0)[:, :100], np.stack([sine(220, 1.0, 16000)[:100] * g for g in (1, 1, 2, 1)]),
                                atol=1e-3)  # (S, N): bass, drums, guitar = S01 + S02, piano
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one_never_half(tmp_path):
+    path = tmp_path / "a.txt"
+    data.atomic_write(path, lambda tmp: tmp.write_text("old"))
+
+    def half_then_fail(tmp):
+        tmp.write_text("ne")
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="cannot write .*a.txt.*No space left"):
+        data.atomic_write(path, half_then_fail)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_write_piece_replaces_links_never_their_targets_and_deletes_nothing(tmp_path):
+    victim = tmp_path / "victim.wav"
+    write(victim, sine(100, 0.1, 16000), 16000)
+    kept = victim.read_bytes()
+    out = tmp_path / "out"
+    (out / "drums").mkdir(parents=True)
+    (out / "stem_0").mkdir()
+    (out / "drums" / "x.wav").symlink_to(victim)              # a link where the drums link goes
+    (out / "stem_0" / "x.wav").symlink_to(victim)             # a link where a stem goes
+    write(out / "drums" / "other.wav", sine(100, 0.1, 16000), 16000)
+    waves = np.stack([sine(hz, 0.5, 16000) for hz in (55, 110, 220, 440)]) * 3  # (S, N), peaks 0.9
+    assert data.write_piece(out, "x", waves) == int((np.abs(waves.sum(0)) > 1).sum())  # only the mix clips
+    assert victim.read_bytes() == kept and (out / "drums" / "other.wav").exists()
+    assert os.readlink(out / "drums" / "x.wav") == os.path.join("..", "stem_1", "x.wav")
+    assert not (out / "stem_0" / "x.wav").is_symlink()
+    np.testing.assert_allclose(sf.read(out / "bass" / "x.wav")[0], waves[0], atol=1 / 2 ** 15)
+    np.testing.assert_allclose(sf.read(out / "mix" / "x.wav")[0], np.clip(waves.sum(0), -1, 1), atol=1 / 2 ** 14)
+
+
+def test_output_folder_refuses_non_empty_and_replaces_whole(tmp_path):
+    out = tmp_path / "gt"
+    assert data.output_folder(out) == out                      # absent
+    out.mkdir()
+    assert data.output_folder(out) == out                      # empty
+    (out / "old.wav").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="not empty: pass --overwrite"):
+        data.output_folder(out)
+    staging = data.output_folder(out, overwrite=True)
+    assert staging != out and not staging.exists()
+    staging.mkdir()
+    (staging / "new.wav").write_bytes(b"y")
+    data.finish_output(staging, out)
+    assert sorted(p.name for p in out.iterdir()) == ["new.wav"] and sorted(p.name for p in tmp_path.iterdir()) == ["gt"]
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        data.output_folder(tmp_path / "file", overwrite=True)
+
+
+def test_data_main_writes_the_sample_layout_and_refuses_a_non_empty_folder(tmp_path, capsys):
+    out = tmp_path / "gt"
+    data.main([str(out), "--n", "2", "--clip-samples", "8000"])
+    assert f"wrote 2 toy clips to {out}" in capsys.readouterr().out
+    for folder in data.LAYOUT_FOLDERS:
+        assert sorted(p.name for p in (out / folder).iterdir()) == ["toy_0000.wav", "toy_0001.wav"], folder
+    assert (out / "piano" / "toy_0001.wav").resolve() == (out / "stem_3" / "toy_0001.wav").resolve()
+    first = (out / "mix" / "toy_0000.wav").read_bytes()
+    with pytest.raises(SystemExit, match="not empty"):
+        data.main([str(out), "--n", "1", "--clip-samples", "8000"])
+    assert (out / "mix" / "toy_0000.wav").read_bytes() == first and (out / "mix" / "toy_0001.wav").exists()
+    data.main([str(out), "--n", "1", "--clip-samples", "8000", "--overwrite"])
+    assert sorted(p.name for p in (out / "mix").iterdir()) == ["toy_0000.wav"]

@@ -1,50 +1,90 @@
-"""sample.py: file layout and lengths, determinism, arrangement, official checkpoints, bad input (tiny models)."""
+"""sample.py: file layout and lengths, per-piece seeds, arrangement, safe outputs, resume and sharding, official
+checkpoints, bad input (tiny models)."""
+import errno
 import json
+import os
 import pathlib
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+import data
 import sample
 import synctrack as st
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = st.PRESETS["tiny"]["clip_samples"]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def tiny_checkpoint(path, nan=False):
     torch.manual_seed(0)
     model = st.SyncTrack(st.SyncTrackConfig(**st.PRESETS["tiny"]))
     for p in model.out.parameters():            # a non-zero output layer, so samples depend on the network
         torch.nn.init.normal_(p, std=0.1)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+        if nan:
+            p.data[0] = float("nan")
     st.save_checkpoint(path, model, ema=model.state_dict())
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 def run(ckpt, out, *extra):
     sample.main(["--ckpt", ckpt, "--out", str(out), "--steps", "3", "--batch-size", "2", *extra])
 
 
+def refused(match, argv):
+    """sample.main(argv) exits with one line matching `match` (a message, not a traceback)."""
+    with pytest.raises(SystemExit) as e:
+        sample.main(argv)
+    message = str(e.value.code)
+    assert "\n" not in message and re.search(match, message), message
+    return message
+
+
+def snapshot(folder):
+    """{relative path: bytes, or the target of a symbolic link} of everything under folder."""
+    return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes()
+            for p in sorted(pathlib.Path(folder).rglob("*")) if p.is_file() or p.is_symlink()}
+
+
 def test_layout_lengths_and_determinism(ckpt, tmp_path):
     run(ckpt, tmp_path / "a", "--n", "3")
-    run(ckpt, tmp_path / "b", "--n", "3")
-    a, b = tmp_path / "a", tmp_path / "b"
+    a = tmp_path / "a"
     for folder in ["stem_0", "stem_1", "stem_2", "stem_3", "bass", "drums", "guitar", "piano", "mix"]:
         names = sorted(p.name for p in (a / folder).iterdir())
         assert names == ["sample_0000.wav", "sample_0001.wav", "sample_0002.wav"], folder
         for name in names:
             wave, sr = sf.read(a / folder / name)
             assert sr == 16000 and wave.shape == (N,)
-            assert (a / folder / name).read_bytes() == (b / folder / name).read_bytes()  # same seed, same files
     assert (a / "drums" / "sample_0001.wav").resolve() == (a / "stem_1" / "sample_0001.wav").resolve()
     settings = json.loads((a / "settings.json").read_text())
-    assert settings["n_written"] == 3 and settings["steps"] == 3
+    assert (settings["n_written"], settings["complete"], settings["steps"]) == (3, True, 3)
+    assert settings["config"]["latent_time"] == 16 and len(settings["ckpt_sha256"]) == 64
+    # Per-piece seeds: another --n and --batch-size give the same pieces, byte for byte.
+    run(ckpt, tmp_path / "b", "--n", "2", "--batch-size", "1")
+    b = snapshot(tmp_path / "b")
+    assert b == {k: v for k, v in snapshot(a).items() if "sample_0002" not in k and k != "settings.json"} | \
+        {"settings.json": b["settings.json"]}
+    # Seeds never overlap: --seed 1 piece 0 is not --seed 0 piece 1 (as seed + i made it).
     run(ckpt, tmp_path / "c", "--n", "1", "--seed", "1")
-    assert (a / "stem_0" / "sample_0000.wav").read_bytes() != (tmp_path / "c" / "stem_0" / "sample_0000.wav").read_bytes()
+    assert (a / "stem_0" / "sample_0001.wav").read_bytes() != (tmp_path / "c" / "stem_0" / "sample_0000.wav").read_bytes()
+
+
+def test_piece_generators_depend_on_seed_and_index_only():
+    draw = lambda seed, i: torch.randn(8, generator=sample.piece_generator(seed, i, "cpu"))
+    assert torch.equal(draw(0, 16), draw(0, 16))
+    assert not torch.equal(draw(0, 16), draw(16, 0))            # `--seed 0` piece 16 vs `--seed 16` piece 0
+    assert len({tuple(draw(s, i).tolist()) for s in range(4) for i in range(4)}) == 16
 
 
 def test_arrangement_keeps_given_stems_bit_identical(ckpt, tmp_path):
@@ -69,10 +109,176 @@ def test_given_stem_is_resampled_mixed_and_fitted(ckpt, tmp_path, capsys):
 
 
 def test_bad_given_arguments(ckpt, tmp_path):
-    with pytest.raises(SystemExit, match="TRACK=PATH"):
-        run(ckpt, tmp_path, "--given", "vocals=x.wav")
-    with pytest.raises(SystemExit, match="no such file"):
-        run(ckpt, tmp_path, "--given", "bass=missing.wav")
+    out = ["--ckpt", ckpt, "--out", str(tmp_path / "out")]
+    refused("TRACK=PATH", out + ["--given", "vocals=x.wav"])
+    refused("no such file", out + ["--given", "bass=missing.wav"])
+    (tmp_path / "notes.wav").write_text("not audio\n")
+    refused("notes.wav", out + ["--given", f"bass={tmp_path / 'notes.wav'}"])
+    sf.write(tmp_path / "loud.wav", np.full(N, 3e4, np.float32), 16000, subtype="FLOAT")  # int16 values as floats
+    refused("loud.wav: peak amplitude 3e\\+04", out + ["--given", f"bass={tmp_path / 'loud.wav'}"])
+    sf.write(tmp_path / "a.wav", np.zeros(N, np.float32), 16000)
+    refused("drums given twice", out + ["--given", f"drums={tmp_path / 'a.wav'}", "--given", f"drums={tmp_path / 'a.wav'}"])
+    refused("nothing is left", out + sum((["--given", f"{t}={tmp_path / 'a.wav'}"] for t in st.TRACKS), []))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (["--n", "0"], "--n 0"), (["--steps", "0"], "--steps 0"), (["--steps", "1000"], "1..999"),
+    (["--eta", "-1"], "--eta -1"), (["--eta", "nan"], "--eta nan"), (["--eta", "inf"], "--eta inf"),
+    (["--batch-size", "0"], "--batch-size 0"), (["--seed", "-1"], "--seed -1"),
+    (["--overwrite", "--resume"], "exclude"), (["--given-dir", "d", "--keep", "drums,voice"], "--keep"),
+])
+def test_arguments_are_checked_before_loading_anything(bad, match, ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample, "load", lambda args: pytest.fail("loaded a model for impossible arguments"))
+    refused(match, ["--ckpt", ckpt, "--out", str(tmp_path / "out"), *bad])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind, match", [("missing", "no such file"), ("empty", "an empty file"),
+                                         ("truncated", "not a PyTorch checkpoint"), ("text", "not a PyTorch checkpoint"),
+                                         ("folder", "a folder"), ("foreign", "cannot load it .KeyError")])
+def test_bad_checkpoint_files_are_one_line_naming_the_file(kind, match, ckpt, tmp_path):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":  # an interrupted copy
+        path.write_bytes(pathlib.Path(ckpt).read_bytes()[:5000])
+    elif kind == "text":
+        path.write_text("model weights: see the README\n")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(2)}, path)
+    assert str(path) in refused(match, ["--ckpt", str(path), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_nan_latent_is_never_written_as_audio(tmp_path):
+    broken = tiny_checkpoint(tmp_path / "nan.pt", nan=True)
+    refused("sample_0000: .*NaN.*not written", ["--ckpt", broken, "--out", str(tmp_path / "out"), "--steps", "2"])
+    assert not list((tmp_path / "out").rglob("*.wav"))
+    assert json.loads((tmp_path / "out" / "settings.json").read_text())["n_written"] == 0
+
+
+def test_a_non_empty_out_is_refused_and_overwrite_replaces_it_whole(ckpt, tmp_path):
+    out = tmp_path / "o"
+    run(ckpt, out, "--n", "2")
+    before = snapshot(out)
+    refused("not empty: pass --overwrite", ["--ckpt", ckpt, "--out", str(out), "--n", "1", "--seed", "7"])
+    assert snapshot(out) == before                                       # nothing mixed in
+    run(ckpt, out, "--n", "1", "--seed", "7", "--overwrite")
+    assert sorted(p.name for p in (out / "stem_0").iterdir()) == ["sample_0000.wav"]
+    assert json.loads((out / "settings.json").read_text())["n"] == 1
+    assert (out / "stem_0" / "sample_0000.wav").read_bytes() != before["stem_0/sample_0000.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]           # no staging or old folder left
+
+
+def test_a_failed_overwrite_leaves_the_old_folder_untouched(ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    run(ckpt, out, "--n", "1")
+    before = snapshot(out)
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(data.sf, "write", full)
+    refused(r"cannot write .*o\.partial/stem_0/sample_0000\.wav.*No space left.*is unchanged",
+            ["--ckpt", ckpt, "--out", str(out), "--steps", "2", "--n", "2", "--overwrite"])
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_disk_full_is_named_cleaned_up_and_resumed(ckpt, tmp_path, monkeypatch, capsys):
+    run(ckpt, tmp_path / "ref", "--n", "3")
+    out = tmp_path / "o"
+    real, calls = sf.write, []
+
+    def full_at_piece_1_stem_2(path, *args, **kwargs):  # 5 sound files per piece: 4 stems, the mix
+        calls.append(path)
+        if len(calls) == 5 + 3:
+            pathlib.Path(path).write_bytes(b"RIFF\x00\x01")  # half a file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(data.sf, "write", full_at_piece_1_stem_2)
+    refused(r"cannot write .*stem_2/sample_0001\.wav.*No space left.*1 of 3 pieces are complete",
+            ["--ckpt", ckpt, "--out", str(out), "--steps", "3", "--batch-size", "2", "--n", "3"])
+    monkeypatch.undo()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]   # no partial file left behind
+    assert not (out / "stem_2" / "sample_0001.wav").exists()
+    settings = json.loads((out / "settings.json").read_text())
+    assert (settings["n_written"], settings["complete"]) == (1, False)
+
+    piece0 = (out / "stem_0" / "sample_0000.wav").stat().st_ino
+    run(ckpt, out, "--n", "3", "--resume")
+    assert "made 2 pieces" in capsys.readouterr().out
+    assert (out / "stem_0" / "sample_0000.wav").stat().st_ino == piece0   # finished pieces are not rewritten
+    reference = snapshot(tmp_path / "ref")
+    assert {k: v for k, v in snapshot(out).items() if k != "settings.json"} == \
+        {k: v for k, v in reference.items() if k != "settings.json"}
+    (out / "mix" / "sample_0002.wav").unlink()
+    run(ckpt, out, "--n", "3", "--resume", "--batch-size", "3")             # the batch size may change
+    assert "made 1 pieces" in capsys.readouterr().out
+    assert (out / "mix" / "sample_0002.wav").read_bytes() == reference["mix/sample_0002.wav"]
+    refused("settings differ .*seed 0 there, 1 now; steps 3 there, 4 now",
+            ["--ckpt", ckpt, "--out", str(out), "--n", "3", "--steps", "4", "--seed", "1", "--resume"])
+
+
+def test_input_files_are_never_written_deleted_or_linked_over(ckpt, tmp_path):
+    songs = tmp_path / "songs"
+    for t in st.TRACKS:
+        (songs / "song").mkdir(parents=True, exist_ok=True)
+        sf.write(songs / "song" / f"{t}.wav", np.zeros(N, np.float32), 16000)
+    before = snapshot(songs)
+    for extra in ([], ["--overwrite"]):
+        refused("holds the input", ["--ckpt", ckpt, "--given-dir", str(songs), "--out", str(songs), *extra])
+        refused("inside --given-dir", ["--ckpt", ckpt, "--given-dir", str(songs), "--out", str(songs / "out"), *extra])
+    refused("holds the input .*tiny.pt", ["--ckpt", ckpt, "--out", str(pathlib.Path(ckpt).parent), "--overwrite"])
+    assert snapshot(songs) == before and pathlib.Path(ckpt).exists()
+
+
+def test_given_dir_skips_a_song_with_a_corrupt_stem(ckpt, tmp_path, capsys):
+    songs = tmp_path / "songs"
+    for song in ("good", "bad"):
+        (songs / song).mkdir(parents=True)
+        for t in st.TRACKS:
+            sf.write(songs / song / f"{t}.wav", np.zeros(N, np.float32), 16000)
+    (songs / "bad" / "drums.wav").write_bytes(b"RIFF broken")
+    run(ckpt, tmp_path / "out", "--given-dir", str(songs), "--keep", "drums")
+    printed = capsys.readouterr().out
+    assert re.search(r"bad: .*bad/drums\.wav.*song skipped", printed) and "skipped 1 songs" in printed
+    assert sorted(p.name for p in (tmp_path / "out" / "stem_0").iterdir()) == ["good.wav"]
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert (settings["n_pieces"], settings["n_written"]) == (2, 1)
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--out", "samples"), ("--seed", "0"), ("--batch-size", "16"), ("--device", "c"),
+                          ("--steps", "200"), ("--eta", "1.0"), ("--keep", "drums")):
+        assert re.search(re.escape(flag) + r" \S+ \w.*?\(default: " + default, text), flag
+
+
+def test_two_gloo_ranks_write_what_one_process_writes_and_resume(ckpt, tmp_path):
+    """torchrun with 2 CPU processes against 1 process, both 1 thread each: piece i is byte-identical. (Across thread
+    counts float32 sums are ordered differently: latents then differ by ~1e-6, see NOTES.)"""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["sample.py", "--ckpt", ckpt, "-n", "5", "--steps", "2", "--batch-size", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    one = lambda out, *extra: subprocess.run([sys.executable, *args, "--out", str(out), *extra], cwd=ROOT, env=env,
+                                            check=True, capture_output=True, text=True)
+    two = lambda out, *extra: subprocess.run([*torchrun, *args, "--out", str(out), *extra], cwd=ROOT, env=env,
+                                            check=True, capture_output=True, text=True)
+    one(tmp_path / "one")
+    two(tmp_path / "two")
+    files = lambda folder: {k: v for k, v in snapshot(folder).items() if k != "settings.json"}
+    assert len(files(tmp_path / "one")) == 5 * 9 and files(tmp_path / "two") == files(tmp_path / "one")
+    (tmp_path / "two" / "stem_3" / "sample_0001.wav").unlink()
+    for p in data.piece_files(tmp_path / "two", "sample_0004"):
+        p.unlink()
+    assert "made 2 pieces" in two(tmp_path / "two", "--resume").stdout
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+    settings = json.loads((tmp_path / "two" / "settings.json").read_text())
+    assert (settings["n_written"], settings["complete"]) == (5, True)
 
 
 def test_official_checkpoint_end_to_end(tmp_path, monkeypatch):

@@ -245,6 +245,22 @@ def test_ddim_is_deterministic_under_a_generator_and_stochastic_with_eta():
     assert torch.equal(run(0), run(0)) and not torch.allclose(run(0), run(1))
 
 
+def test_ddim_with_one_generator_per_row_makes_each_row_independent_of_its_batch():
+    """Per-piece seeds (sample.py): row b draws all its noise (arrangement and η > 0 steps) from generator b only, so it
+    equals the same row sampled alone, and a one-element list equals the generator itself."""
+    model = randomize(st.SyncTrack(tiny()), seed=3)
+    x_T = torch.randn(3, 4, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    known, mask = torch.randn(3, 4, 16, 16, 16), torch.tensor([False, True, False, False])
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]
+    run = lambda rows, g: st.ddim_sample(model, x_T[rows], steps=3, eta=1.0, known=known[rows], known_mask=mask,
+                                         generator=g, progress=False)
+    batch = run(slice(0, 3), gens(10, 11, 12))
+    alone = run(slice(2, 3), gens(12))
+    assert torch.allclose(batch[2:], alone, atol=1e-5)
+    assert torch.equal(alone, run(slice(2, 3), torch.Generator().manual_seed(12)))
+    assert not torch.allclose(batch[:1], run(slice(0, 1), gens(99)))  # the generator does decide the row
+
+
 def test_x0_range_keeps_an_untrained_model_in_range():
     """An ε̂ = 0 model predicts z_0 = z_t/√ᾱ_t, far outside any data; x0_range clamps every prediction."""
     cfg = tiny()
