@@ -158,8 +158,11 @@ def resume_args(given):
         ckpt = st.read_checkpoint(path)
     except (OSError, ValueError, RuntimeError) as err:
         raise SystemExit(f"--resume {given.resume}: cannot read {path} ({err})") from None
+    if not isinstance(ckpt, dict) or "args" not in ckpt:
+        raise SystemExit(f"--resume {given.resume}: {path} is not a training checkpoint (an --export file has no "
+                         f"optimiser or data position to continue from)")
     saved = ckpt["args"]
-    conflicts = [f"--{key.replace('_', '-')} {value} (the run has {saved.get(key)})"
+    conflicts = [f"--{key.replace('_', '-')}{'' if value is True else f' {value}'} (the run has {saved.get(key)})"
                  for key, value in vars(given).items()
                  if key not in RESUME_FLAGS and value not in (None, False) and value != saved.get(key)]
     if conflicts:
@@ -466,6 +469,7 @@ def main(argv=None):
     elif int(os.environ.get("RANK", 0)) == 0:  # rank 0 alone owns the files; its refusal stops torchrun's others
         check_new_outputs(args)
     run = setup(args, ckpt)
+    del ckpt  # the loaded copy of every tensor (GBs at the paper's size) is in the run now
     train_set, val_set, train_loader, val_loader, batches_per_epoch = loaders(run)
     log = start_outputs(run, train_set, val_set, batches_per_epoch)
     t0, last_log = time.time(), run.step
