@@ -209,23 +209,25 @@ def sampling_numbers(run, args, folder):
 
 
 def bench_gpu(args):
-    folder = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
-    first_stage = "offline" if args.tiny else str(folder / "musicldm-random.ckpt")
-    if not args.tiny:
-        write_first_stage(first_stage)
-    precision = "fp32" if args.fp32 or not args.device.startswith("cuda") else "bf16 autocast"
-    emit(what="gpu", preset="tiny" if args.tiny else "paper", device=args.device, machine=machine(args.device),
-         precision=precision, attention="F.scaled_dot_product_attention", torch=torch.__version__)
-    for compile_ in {"both": (False, True), "off": (False,), "on": (True,)}[args.compile]:
-        run = None  # the previous run's memory is freed before the next one is measured
-        run = gpu_run(args, folder, first_stage, args.batch_size, compile_)
-        it_s, memory = train_numbers(run, args.batch_size, args.repeats)
-        emit(what="train", batch=args.batch_size, compile=compile_, it_s=round(it_s, 3), peak_gb=round(memory, 2))
-    emit(what="largest batch", batch=largest_batch(run, args.batch_size, args.max_batch), limit=args.max_batch)
-    seconds, files_s = sampling_numbers(run, args, folder)
-    emit(what="sample", pieces=args.pieces, ddim_steps=args.ddim_steps, seconds_with_decode=round(seconds, 2),
-         seconds_per_piece=round(seconds / args.pieces, 3))
-    emit(what="metrics", files_per_s=round(files_s, 2), workers=os.cpu_count())
+    with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:  # the 440 MB first-stage file goes afterwards
+        folder = Path(tmp)
+        first_stage = "offline" if args.tiny else str(folder / "musicldm-random.ckpt")
+        if not args.tiny:
+            write_first_stage(first_stage)
+        precision = "fp32" if args.fp32 or not args.device.startswith("cuda") else "bf16 autocast"
+        emit(what="gpu", preset="tiny" if args.tiny else "paper", device=args.device, machine=machine(args.device),
+             precision=precision, attention="F.scaled_dot_product_attention", torch=torch.__version__)
+        # compiled first, so the run kept for the batch search and sampling is the eager one (no recompiles)
+        for compile_ in {"both": (True, False), "off": (False,), "on": (True,)}[args.compile]:
+            run = None  # the previous run's memory is freed before the next one is measured
+            run = gpu_run(args, folder, first_stage, args.batch_size, compile_)
+            it_s, memory = train_numbers(run, args.batch_size, args.repeats)
+            emit(what="train", batch=args.batch_size, compile=compile_, it_s=round(it_s, 3), peak_gb=round(memory, 2))
+        emit(what="largest batch", batch=largest_batch(run, args.batch_size, args.max_batch), limit=args.max_batch)
+        seconds, files_s = sampling_numbers(run, args, folder)
+        emit(what="sample", pieces=args.pieces, ddim_steps=args.ddim_steps, seconds_with_decode=round(seconds, 2),
+             seconds_per_piece=round(seconds / args.pieces, 3))
+        emit(what="metrics", files_per_s=round(files_s, 2), workers=os.cpu_count())
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""train.py: the loop learns, resumes exactly, stops on a bad loss, and runs under torchrun (gloo, 2 CPU processes)."""
+"""train.py: the loop learns, resumes exactly, stops on a bad loss or gradient, runs under torchrun (gloo, 2 CPU
+processes), and never loses or mixes a run's files (refused --out, resume checks, log truncation, disk full)."""
 import errno
 import json
 import os
