@@ -24,6 +24,8 @@ Notation (code name -> paper symbol):
     B batch, S tracks (s), C channels, T time frames (t), F frequency bins (f), L tokens per track (T·F), N audio samples
     z: latent z^s (Eq. 1), z_t / x: noisy latent z_l, t: diffusion step l, eps: ε, alpha_bar: ᾱ_l
 """
+import contextlib
+import errno
 import json
 import math
 import os
@@ -1324,11 +1326,28 @@ def load_official(model, src, ema=True, trust=False):
 
 
 def save_checkpoint(path, model, **extra):
-    """Our checkpoint: {"config": asdict(config), "model": state_dict, **extra}, written atomically (temp + rename)
-    so an interrupted save never corrupts the previous file."""
+    """Our checkpoint: {"config": asdict(config), "model": state_dict, **extra}, written by write_checkpoint."""
+    write_checkpoint(path, {"config": asdict(model.config), "model": model.state_dict(), **extra})
+
+
+def write_checkpoint(path, obj):
+    """torch.save atomically (temp + rename), so an interrupted save never corrupts the previous file. A failed write
+    removes its partial temp file; a full disk raises OSError(ENOSPC) naming `path`."""
     tmp = f"{path}.tmp"
-    torch.save({"config": asdict(model.config), "model": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
+    try:
+        # through a Python file: torch.save(obj, name) reports a full disk as an opaque RuntimeError
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave a renamed, empty file
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"disk full while writing {path} (the partial {tmp} was removed; "
+                                        f"the previous {os.path.basename(path)} is unchanged)") from err
+        raise
 
 
 def export_checkpoint(src, dst):

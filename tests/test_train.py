@@ -1,4 +1,6 @@
-"""train.py: the loop learns, resumes exactly, stops on a bad loss, and runs under torchrun (gloo, 2 CPU processes)."""
+"""train.py: the loop learns, resumes exactly, stops on a bad loss or gradient, runs under torchrun (gloo, 2 CPU
+processes), and never loses or mixes a run's files (refused --out, resume checks, log truncation, disk full)."""
+import errno
 import json
 import os
 import pathlib
@@ -65,3 +67,106 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 3
     assert [r["step"] for r in log(tmp_path)] == [1, 2, 3]           # rank 0 alone logs
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Nothing a user has is lost or mixed (issue 13)
+
+def test_existing_run_folder_is_refused_unless_overwrite(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)                                       # --out defaults to runs/<preset>
+    train.main(TINY + ["--steps", "1", "--val-every", "100"])
+    run = tmp_path / "runs" / "tiny"
+    assert f"wrote {os.path.join('runs', 'tiny')}/ckpt.pt" in capsys.readouterr().out   # says where it wrote
+    before = {name: (run / name).read_bytes() for name in ("ckpt.pt", "log.jsonl")}
+    with pytest.raises(SystemExit, match=r"--out runs/tiny already holds ckpt.pt.*--resume runs/tiny.*--overwrite"):
+        train.main(TINY + ["--steps", "2"])                           # forgot --resume
+    assert {name: (run / name).read_bytes() for name in before} == before
+    train.main(TINY + ["--steps", "2", "--val-every", "100", "--overwrite"])
+    assert [r["step"] for r in log(run)] == [1, 2]                    # replaced, not appended to
+    assert torch.load(run / "ckpt.pt", weights_only=True)["step"] == 2
+
+
+@pytest.mark.parametrize("flag, value", [("--ckpt-every", "0"), ("--steps", "-1"), ("--batch-size", "0"),
+                                         ("--accum", "0"), ("--lr", "nan"), ("--ema", "1.5"), ("--log-every", "0")])
+def test_bad_values_are_refused_before_anything_loads(tmp_path, monkeypatch, flag, value):
+    monkeypatch.setattr(st, "make_first_stage", lambda *a, **k: pytest.fail("loaded before the check"))
+    with pytest.raises(SystemExit, match=f"^{flag} must be .*, got {value}$"):
+        train.main(TINY + [flag, value, "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_changed_settings_and_honours_export(tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(TINY + ["--steps", "2", "--val-every", "100", "--out", str(run)])
+    with pytest.raises(SystemExit, match=r"--lr 0.5 \(the run has 0.001\), --no-time \(the run has False\)"):
+        train.main(["--resume", str(run), "--steps", "3", "--lr", "0.5", "--no-time"])
+    assert torch.load(run / "ckpt.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    train.main(["--resume", str(run), "--lr", "1e-3", "--export", str(tmp_path / "a.pt")])   # same value: fine
+    assert f"{run} finished at step 2; pass --steps M (M > 2) to continue" in capsys.readouterr().out
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["step"] == 2
+    with pytest.raises(SystemExit, match=r"--export .*a.pt exists.*--overwrite"):
+        train.main(["--resume", str(run), "--steps", "3", "--export", str(tmp_path / "a.pt")])
+    train.main(["--resume", str(run), "--steps", "3", "--export", str(tmp_path / "b.pt")])
+    exported = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert exported["step"] == 3 and all(v.dtype == torch.float16 for v in exported["model"].values()
+                                         if v.is_floating_point())
+
+
+def failing_at(call, corrupt, monkeypatch):
+    """Make the `call`-th diffusion loss bad in the way `corrupt(loss, model)` says."""
+    calls = {"n": 0}
+    loss = st.diffusion_loss
+
+    def patched(model, z0, generator=None):
+        calls["n"] += 1
+        value = loss(model, z0, generator)
+        return corrupt(value, model) if calls["n"] == call else value
+
+    monkeypatch.setattr(st, "diffusion_loss", patched)
+
+
+def test_log_never_repeats_steps_after_a_resume(tmp_path, monkeypatch):
+    failing_at(5, lambda loss, model: loss * float("nan"), monkeypatch)   # stops in step 5, after logging 1..4
+    with pytest.raises(SystemExit, match=r"step 4: loss nan.*last good checkpoint \(step 3\)"):
+        train.main(TINY + ["--steps", "10", "--ckpt-every", "3", "--val-every", "100", "--out", str(tmp_path)])
+    assert [r["step"] for r in log(tmp_path)] == [1, 2, 3, 4]
+    train.main(["--resume", str(tmp_path), "--steps", "6"])
+    assert [r["step"] for r in log(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_finite_loss_with_a_non_finite_gradient_stops_before_the_update(tmp_path, monkeypatch):
+    # 0 · √(p − p) is 0 forward, but its gradient is 0 · ∞ = NaN: a finite loss with a NaN gradient
+    failing_at(5, lambda loss, model: loss + 0 * (next(model.parameters()) - next(model.parameters())).sqrt().sum(),
+               monkeypatch)
+    with pytest.raises(SystemExit, match=r"step 4: loss [0-9.]+, gradient norm nan.*last good checkpoint \(step 4\)"):
+        train.main(TINY + ["--steps", "10", "--ckpt-every", "1", "--val-every", "100", "--out", str(tmp_path)])
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for part in ("model", "ema") for v in ckpt[part].values())
+
+
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    save, calls = torch.save, {"n": 0}
+
+    def full_disk(obj, f):
+        calls["n"] += 1
+        if calls["n"] < 2:
+            return save(obj, f)
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit, match=r"step 4: disk full while writing .*ckpt.pt .*last good checkpoint is step 2"):
+        train.main(TINY + ["--steps", "4", "--ckpt-every", "2", "--val-every", "100", "--out", str(tmp_path)])
+    monkeypatch.undo()
+    assert not (tmp_path / "ckpt.pt.tmp").exists()
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2
+
+
+def test_resume_of_a_folder_without_a_training_checkpoint_says_so(tmp_path):
+    with pytest.raises(SystemExit, match=r"--resume .*nowhere: cannot read .*ckpt.pt"):
+        train.main(["--resume", str(tmp_path / "nowhere")])
+    torch.save({"config": {}, "model": {}}, tmp_path / "ckpt.pt")   # what --export writes
+    with pytest.raises(SystemExit, match=r"is not a training checkpoint"):
+        train.main(["--resume", str(tmp_path)])
