@@ -736,7 +736,9 @@ def plot_distributions(png, runs):
                 ax.scatter(i + rng.uniform(-0.12, 0.12, len(x)), x, s=10, color=colour, alpha=0.7, linewidths=0)
                 ax.hlines(np.median(x), i - 0.3, i + 0.3, color="black", linewidth=1.5)
         ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(len(runs)), [label for label, _ in runs], rotation=20 if len(runs) > 2 else 0)
+        labels = [label for label, _ in runs]
+        slanted = sum(map(len, labels)) > 20  # long folder names would run into each other
+        ax.set_xticks(range(len(runs)), labels, rotation=25 if slanted else 0, ha="right" if slanted else "center")
         ax.set_xlim(-0.6, len(runs) - 0.4)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
