@@ -752,7 +752,8 @@ def add_arguments(p):
                    help=f"write the audio into NAME_files/ beside NAME.html and link it instead of embedding it "
                         f"(automatic past {EMBED_LIMIT // 2 ** 20} MB of audio)")
     g.add_argument("--rating", action="store_true", help="make the page a blinded listening test (App. A.6): 1-5 "
-                                                         "synchronisation per piece, 1-3 stability per rated track")
+                                                         "synchronisation per piece, 1-3 stability per rated track; "
+                                                         "summarise the answers: metrics.py ratings FILE...")
     g.add_argument("--rating-tracks", default=",".join(RATING_TRACKS),
                    help="comma-separated tracks with a stability question (default: %(default)s, as App. A.6)")
     g.add_argument("--rating-seed", type=int, default=0, help="seed of the page's piece order (default: "
