@@ -14,8 +14,10 @@ The file follows §3 of the paper, top to bottom:
     modules ........................... TrackSpecificModule, TrackSharedModule (Fig. 2b, Table A3)
     denoiser .......................... SyncTrack: ε_θ({z_l^s}, l)
     diffusion ......................... q_sample, diffusion_loss (Eq. 2), ddim_sample (DDIM, App. A.8 arrangement)
-    first stage ....................... log_mel, AutoencoderKL, HiFiGAN, offline stage (Eqs. 1 and 3)
-    checkpoints ....................... load_official, save/load of our own checkpoints
+    first stage ....................... log_mel, AutoencoderKL (MusicLDM's VAE; TOY_VAE_DDCONFIG for the toy), HiFiGAN,
+                                        load_first_stage (Lightning, vae/hifigan-ckpt, diffusers, our first_stage record),
+                                        GriffinLim, MusicLDMFirstStage (Eqs. 1 and 3), OfflineFirstStage
+    checkpoints ....................... load_official, save/write/export/load of our own checkpoints
 
 Left out: the official code's dead mixture conditioning (its UNet discards the concat channels) and classifier-free
 guidance (scale 0, a no-op there); Lightning, YAML and registries.

@@ -4,10 +4,12 @@
     python train.py --data slakh/ --init ckpt/musicldm-ckpt.ckpt --trust   # the paper: fine-tune from MusicLDM
     torchrun --nproc_per_node 8 train.py --data slakh/ --init ...    # several GPUs (or nodes) with DDP
     python train.py --resume runs/toy [--steps N]                    # continue exactly where a run stopped
+    python train.py --stage vae --preset toy                         # the toy first stage (a small MusicLDM-style VAE)
 
 One step: batch of waveforms (B, S, N) → frozen first stage → latents z (B, S, C, T, F) → ε-loss of Eq. (2) →
 backward → gradient check → AdamW → EMA. Checkpoints hold config, weights, EMA, optimiser, step, RNG states and the
 data position. A run folder is never reused by accident: an existing one is refused unless --resume or --overwrite.
+Toy clips through a learned first stage are encoded once (data.EncodedClips), so a step draws z = mean + std·ε.
 """
 import argparse
 import contextlib
@@ -87,7 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (its ckpt.pt) exactly; only "
                                                   "--steps, --device, --threads, --workers and --export may change")
     p.add_argument("--init", metavar="CKPT", help="MusicLDM (or SyncTrack) Lightning checkpoint: UNet and first stage")
-    p.add_argument("--first-stage", metavar="PATH", help="MusicLDM first-stage weights, or 'offline' (no weights)")
+    p.add_argument("--first-stage", metavar="PATH", help="MusicLDM first-stage weights, a toy VAE (a --stage vae run's "
+                   "ckpt.pt or a toy checkpoint; toy default: checkpoints/synctrack_toy.pt), or 'offline' (no weights)")
     p.add_argument("--trust", action="store_true", help="allow pickled checkpoints (Lightning) to be unpickled")
     p.add_argument("--steps", type=int, help="optimiser steps in total (0: save the untrained model)")
     p.add_argument("--batch-size", type=int, help="clips per micro-batch (per process under DDP)")
