@@ -306,3 +306,11 @@ def test_the_shipped_toy_checkpoint_samples(tmp_path):
     sample.main(["--n", "1", "--steps", "4", "--out", str(tmp_path)])
     wave, sr = sf.read(tmp_path / "mix" / "sample_0000.wav")
     assert sr == 16000 and wave.shape == (model.config.clip_samples,) and np.abs(wave).max() > 0
+
+
+def test_report_after_sampling(ckpt, tmp_path):
+    """sample.py --report: the folder just written, as one self-contained page with a player per track and the mix."""
+    run(ckpt, tmp_path / "o", "--n", "2", "--report", str(tmp_path / "r.html"))
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<audio") == 2 * 5 and "data:audio/wav;base64," in page
+    refused("is a folder", ["--ckpt", ckpt, "--out", str(tmp_path / "p"), "--report", str(tmp_path)])
