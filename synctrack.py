@@ -415,7 +415,8 @@ class SyncTrack(nn.Module):
         # Middle (Table A3 4-19 … 4-21, one official block): ResBlock, attention, ResBlock
         self.middle_block = TrackSharedModule([ResBlock(ch, emb_dim, ch, G), transformer(ch),
                                                ResBlock(ch, emb_dim, ch, G)])
-        # Decoder (Table A3 4-22 … 4-33; output layers 4-34 … 4-36): each block takes the previous output concatenated with a skip
+        # Decoder (Table A3 4-22 … 4-33; the output layers are 4-34 … 4-36): each block takes the previous output
+        # concatenated with a skip
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
@@ -1352,15 +1353,18 @@ def write_checkpoint(path, obj):
         raise
 
 
+def _half(state):
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def export_checkpoint(src, dst):
     """A small file to ship or share: the config and the EMA weights in float16 (load_model reads it)."""
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     weights = ckpt.get("ema") or ckpt["model"]
-    half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # noqa: E731
-    out = {"config": ckpt["config"], "model": half(weights), "step": ckpt.get("step"),
+    out = {"config": ckpt["config"], "model": _half(weights), "step": ckpt.get("step"),
            "scale_factor": ckpt.get("scale_factor")}
     if "first_stage" in ckpt:  # the toy VAE: shipped with the denoiser
-        out["first_stage"] = {**ckpt["first_stage"], "vae": half(ckpt["first_stage"]["vae"])}
+        out["first_stage"] = {**ckpt["first_stage"], "vae": _half(ckpt["first_stage"]["vae"])}
     torch.save(out, dst)
 
 
