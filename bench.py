@@ -114,7 +114,7 @@ def bench_paper(args):
     if not args.tiny:
         first_stage = str(folder / "musicldm-random.ckpt")
         n_stage = write_first_stage(first_stage)
-    emit(phase="build", seconds=round(time.perf_counter() - start, 1), peak_rss_gb=round(train.memory_gb("cpu"), 2),
+    emit(phase="build", seconds=round(time.perf_counter() - start, 3), peak_rss_gb=round(train.memory_gb("cpu"), 2),
          trainable_params=counts, first_stage=first_stage,
          first_stage_params=None if args.tiny else n_stage, latent=list(base.latent_shape),
          machine=machine("cpu"), torch=torch.__version__)
@@ -130,7 +130,7 @@ def bench_paper(args):
     ]
     for name, argv in commands:
         seconds, rss = phase(name, argv, folder)
-        emit(phase=name, seconds=round(seconds, 1), peak_rss_gb=round(rss, 2), command=" ".join(["python", *argv]))
+        emit(phase=name, seconds=round(seconds, 3), peak_rss_gb=round(rss, 2), command=" ".join(["python", *argv]))
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     wavs = [p for p in samples.rglob("*.wav") if not p.is_symlink()]  # stems and mix; the named links point at stems
     emit(phase="done", seconds=round(time.perf_counter() - start, 1), logged_steps=steps, wav_files=len(wavs),
