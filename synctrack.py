@@ -5,19 +5,27 @@ SyncTrack is a 4-track (bass, drums, guitar, piano) latent diffusion model on to
 processes each track's latent with track-shared modules (ResBlock + inner-track, global cross-track and time-specific
 cross-track attention) and track-specific modules conditioned on a learnable instrument prior.
 
-The file follows §3 of the paper, top to bottom:
-    config ............................ SyncTrackConfig (Table A3, §5.1, official config)
+The file has three parts; Part I is the paper and reads on its own.
+  I.  The paper (§3), top to bottom
+    config ............................ SyncTrackConfig, PRESETS (Table A3, §5.1, official config)
     embeddings ........................ timestep_embedding, InstrumentPrior (§3 "Track-specific modules")
-    ResBlock .......................... ResBlock (Fig. 3b)
+    ResBlock .......................... ResBlock, Downsample, Upsample (Fig. 3b)
     attention ......................... Attention (inner-track), GlobalCrossTrackAttention (Eq. 4),
                                         TimeCrossTrackAttention (Eq. 5), TrackSharedTransformer (Fig. 3a)
     modules ........................... TrackSpecificModule, TrackSharedModule (Fig. 2b, Table A3)
     denoiser .......................... SyncTrack: ε_θ({z_l^s}, l)
     diffusion ......................... q_sample, diffusion_loss (Eq. 2), ddim_sample (DDIM, App. A.8 arrangement)
-    first stage ....................... log_mel, AutoencoderKL (MusicLDM's VAE; TOY_VAE_DDCONFIG for the toy), HiFiGAN,
-                                        load_first_stage (Lightning, vae/hifigan-ckpt, diffusers, our first_stage record),
-                                        GriffinLim, MusicLDMFirstStage (Eqs. 1 and 3), OfflineFirstStage
-    checkpoints ....................... load_official, save/write/export/load of our own checkpoints
+  II. The MusicLDM first stage: waveform <-> latent (Eqs. 1 and 3 use it as a frozen black box)
+    audio front end ................... log_mel, mel_filterbank ("STFT & MelFB")
+    VAE ............................... AutoencoderKL (MusicLDM's VAE_enc / VAE_dec; TOY_VAE_DDCONFIG for the toy)
+    vocoder ........................... HiFiGAN
+    first stages ...................... MusicLDMFirstStage (VAE + HiFiGAN, or + GriffinLim for the toy), GriffinLim,
+                                        OfflineFirstStage (no weights), make_first_stage
+    loading the first stage ........... load_first_stage (Lightning, vae/hifigan-ckpt, diffusers, our first_stage record)
+  III. Checkpoints
+    reading a file .................... read_checkpoint (safe by default; pickles only with trust=True)
+    official UNet weights ............. OFFICIAL_KEY_MAP, load_official
+    our checkpoints ................... save_checkpoint, write_checkpoint, export_checkpoint, load_model
 
 Left out: the official code's dead mixture conditioning (its UNet discards the concat channels) and classifier-free
 guidance (scale 0, a no-op there); Lightning, YAML and registries.
@@ -44,6 +52,10 @@ from tqdm import tqdm
 
 TRACKS = ("bass", "drums", "guitar", "piano")  # §5.1: Slakh2100 4-stem subset, official stem order
 
+
+# ======================================================================================================================
+# PART I. THE PAPER (§3): config, denoiser ε_θ (Fig. 2b, 3; Table A3), training loss (Eq. 2), DDIM sampling
+# ======================================================================================================================
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Config
@@ -537,8 +549,14 @@ def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, gen
     return x
 
 
+# ======================================================================================================================
+# PART II. THE MUSICLDM FIRST STAGE: waveform <-> latent z (Eqs. 1 and 3). Not the paper's contribution: Eqs. 1
+# and 3 treat it as a frozen black box. Front end, VAE, HiFi-GAN, the stages the pipeline holds, their loaders.
+# ======================================================================================================================
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Audio front end: waveform -> log-mel, the "STFT & MelFB" of Eq. (1)
+# ----------------------------------------------------------------------------------------------------------------------
 # Values are the official TacotronSTFT(1024, 160, 1024, 64, 16000, 0, 8000) (mathwanghr/SyncTrack@7bbb18b, the dataset's
 # mel front end).
 
@@ -599,6 +617,7 @@ def log_mel(wave):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # VAE: MusicLDM's AutoencoderKL, VAE_enc of Eq. (1) and VAE_dec of Eq. (3)
+# ----------------------------------------------------------------------------------------------------------------------
 # Module names follow the official LDM code (encoder.down.i.block.j, mid.attn_1, nin_shortcut, ...) so that
 # vae-ckpt.ckpt loads strictly. The log-mel is an image with height T (time) and width F (mel bins).
 
@@ -759,8 +778,20 @@ class AutoencoderKL(nn.Module):
         return F.pixel_shuffle(x, self.fold).squeeze(1)  # -> (B, 1, T, F) -> (B, T, F)
 
 
+MUSICLDM_DDCONFIG = dict(double_z=True, z_channels=8, resolution=256, in_channels=1, out_ch=1, ch=128,
+                         ch_mult=[1, 2, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)  # official config
+MUSICLDM_EMBED_DIM = 8  # official config: embed_dim 8, latent 8 × 256 × 16 per track
+# The toy first stage (README "The toy model"): MusicLDM's VAE design, but the log-mel is first folded 4×4 into 16
+# channels (pixel-unshuffle, as the offline stage), so its convolutions run at 1/16 of the positions: 8× down in T and
+# F, latent 8 × 32 × 8 per 2.56 s track. Trained by `train.py --stage vae`, decoded by GriffinLim (no vocoder to train).
+TOY_VAE_DDCONFIG = dict(double_z=True, z_channels=8, in_channels=16, out_ch=16, ch=64, ch_mult=[1, 2],
+                        num_res_blocks=1, attn_resolutions=[], fold=4)
+TOY_VAE_EMBED_DIM = 8
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # HiFi-GAN vocoder, the HiFiGAN of Eq. (3)
+# ----------------------------------------------------------------------------------------------------------------------
 # The official generator (V1 layout, ResBlock1 regardless of the config's "resblock" key), plain convolutions:
 # checkpoints in weight-norm form are folded at load time (see `fold_weight_norm`).
 
@@ -812,24 +843,206 @@ class HiFiGAN(nn.Module):
         return torch.tanh(x)
 
 
+HIFIGAN_16K_64 = dict(num_mels=64, upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
+                      upsample_initial_channel=1024, resblock_kernel_sizes=[3, 7, 11],
+                      resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]])  # official src/hifigan/config_16k_64.json
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Checkpoint loading: every format the MusicLDM weights are distributed in
+# First stages: the latent interface the denoiser is trained and sampled in
+# ----------------------------------------------------------------------------------------------------------------------
+# Both stages take (B, S, N) waveforms at 16 kHz and give (B, S, C, T, F) latents; the rest of the pipeline does not
+# care which one it holds. N must be a multiple of 640 = hop 160 × the 4× time downsampling.
+
+def _check_wave(wave, multiple):
+    """Validate a (B, S, N) float waveform batch; the sample rate cannot be checked from a tensor, so it is assumed."""
+    if wave.dim() != 3 or wave.shape[-1] == 0 or wave.shape[-1] % multiple or not wave.is_floating_point():
+        raise ValueError(f"expected mono {SAMPLE_RATE} Hz float audio of shape (B, S, N) with N a positive multiple of "
+                         f"{multiple} (10.24 s = 163840 samples); got {wave.dtype} of shape {tuple(wave.shape)}")
+    peak = wave.abs().max().item()
+    if peak > 2.0:  # catches int16-scaled audio; resampling a full-scale file may overshoot 1 a little, which is fine
+        raise ValueError(f"expected audio in [-1, 1]; got peak {peak:.4g} (divide int16 samples by 32768)")
+    return wave.shape
+
+
+def _check_latent(z, channels, bins):
+    if z.dim() != 5 or z.shape[2] != channels or z.shape[3] == 0 or z.shape[4] != bins:
+        raise ValueError(f"expected a latent of shape (B, S, {channels}, T, {bins}); got {tuple(z.shape)}")
+    return z.shape
+
+
+class MusicLDMFirstStage(nn.Module):
+    """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z / scale)).
+
+    The toy stage is the same pipeline in miniature: a small VAE (TOY_VAE_DDCONFIG) with GriffinLim as the vocoder.
+    """
+
+    sample_rate = SAMPLE_RATE
+    latent_channels = MUSICLDM_EMBED_DIM
+
+    def __init__(self, vae, vocoder, scale_factor):
+        super().__init__()
+        # frozen first stage: SyncTrack trains only the denoiser, so no gradients and inference-mode layers
+        self.vae = vae.eval().requires_grad_(False)
+        self.vocoder = vocoder.eval().requires_grad_(False)
+        self.scale_factor = float(scale_factor)  # brings the latents to about unit variance for the diffusion
+        self.latent_channels = vae.embed_dim
+        self.multiple = MEL_HOP * vae.downsampling  # samples per latent time step
+
+    def latent_shape(self, n_samples):
+        """(C, T, F) of one track's latent for an n_samples waveform: (8, 256, 16) for 10.24 s."""
+        if n_samples <= 0 or n_samples % self.multiple:
+            raise ValueError(f"n_samples must be a positive multiple of {self.multiple}; got {n_samples}")
+        d = self.vae.downsampling
+        return (self.latent_channels, n_samples // MEL_HOP // d, MEL_BINS // d)
+
+    @torch.no_grad()
+    def encode(self, wave, sample=True, generator=None):
+        """(B, S, N) waveform -> (B, S, C, T, F) scaled latent.
+
+        sample=True draws from the posterior as the official training target does (`generator` on wave's device);
+        sample=False returns the posterior mean.
+        """
+        mean, std = self.posterior(wave)
+        if not sample:
+            return mean
+        return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+    @torch.no_grad()
+    def posterior(self, wave):
+        """(B, S, N) waveform -> mean and standard deviation of the scaled posterior, each (B, S, C, T, F).
+
+        Training on a fixed set of clips can keep these (data.EncodedClips) and draw z = mean + std·ε per step,
+        exactly what encode(sample=True) draws, without running the encoder again."""
+        b, s, n = _check_wave(wave, self.multiple)
+        mean, logvar = self.vae.encode(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, C, T/d, F/d)
+        std = torch.exp(0.5 * logvar)
+        return [(self.scale_factor * x).reshape(b, s, *x.shape[1:]) for x in (mean, std)]  # -> (B, S, C, T, F)
+
+    @torch.no_grad()
+    def decode(self, z):
+        """(B, S, C, T, F) scaled latent -> (B, S, N) waveform, N = 160·d·T for a VAE that is d× down (MusicLDM: 4)."""
+        b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.vae.downsampling)[:2]
+        mel = self.vae.decode(z.flatten(0, 1) / self.scale_factor)  # (B·S, C, T, F) -> (B·S, 4T, 64)
+        wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N + 32)
+        n = mel.shape[1] * MEL_HOP
+        # the vocoder makes 32 samples more than the clip (the official eval keeps them): trim so lengths round-trip
+        return wave[:, 0, :n].reshape(b, s, n)  # (B·S, N) -> (B, S, N)
+
+
+class GriffinLim(nn.Module):
+    """A weight-free vocoder with HiFiGAN's interface: log-mel (B, F, T) -> waveform (B, 1, 160·T) by fast Griffin-Lim.
+
+    The vocoder of the offline stage and of the toy VAE stage: no weights to train or download, but it sounds phasey.
+    """
+
+    momentum = 0.99  # fast Griffin-Lim (Perraudin et al., 2013) acceleration, torchaudio's default
+    mel_ceiling = math.log(100.0)  # above the log-mel of any full-scale 16 kHz signal (its mel stays below ~30)
+
+    def __init__(self, iters=32):
+        super().__init__()
+        self.iters = iters  # 32: spectral convergence about 0.15, about 2 s per 10.24 s track on 2 CPU cores
+        basis = mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BINS, 0.0, MEL_FMAX).astype(np.float64)
+        # minimum-norm least-squares inverse of the filterbank: mel magnitudes -> linear STFT magnitudes
+        # (numpy's pinv: torch.linalg.pinv takes ~100x longer on CPU for this 64 x 513 matrix)
+        inverse = torch.from_numpy(np.linalg.pinv(basis)).float()  # (513, F)
+        self.register_buffer("mel_inverse", inverse, persistent=False)
+        self.register_buffer("window", torch.hann_window(MEL_N_FFT, periodic=True), persistent=False)
+
+    def stft(self, x):  # (B, N) -> (B, 513, N / hop + 1), the front end's STFT
+        return torch.stft(x, MEL_N_FFT, MEL_HOP, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)
+
+    def _istft(self, spec, n_samples):  # (B, 513, N / hop + 1) -> (B, N)
+        return torch.istft(spec, MEL_N_FFT, MEL_HOP, window=self.window, center=True, length=n_samples)
+
+    def forward(self, mel):
+        """Log-mel (B, F, T) -> waveform (B, 1, 160·T), from zero phase."""
+        n_samples = mel.shape[-1] * MEL_HOP
+        # 1. log-mel -> linear STFT magnitude: least squares through the filterbank, negatives clamped. A generated
+        #    log-mel can leave the range of real audio; clamp it there so exp() stays finite.
+        mel = mel.float().clamp(math.log(MEL_FLOOR), self.mel_ceiling)
+        magnitude = (self.mel_inverse @ mel.exp()).clamp(min=0.0)  # (B, F, T) -> (B, 513, T)
+        # 2. the front end dropped the last of the 1 + N/hop centred frames: repeat the final frame in its place
+        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # (B, 513, T + 1)
+        spec = magnitude.to(torch.complex64)
+        previous = torch.zeros_like(spec)
+        for _ in range(self.iters):
+            # 3. project onto consistent spectrograms (STFTs of some signal)
+            rebuilt = self.stft(self._istft(spec, n_samples))
+            # 4. momentum step, then keep the phase and impose the target magnitude
+            accelerated = rebuilt + self.momentum * (rebuilt - previous)
+            previous = rebuilt
+            spec = magnitude * accelerated / accelerated.abs().clamp(min=1e-8)
+        return self._istft(spec, n_samples).unsqueeze(1)  # (B, N) -> (B, 1, N)
+
+
+class OfflineFirstStage(nn.Module):
+    """Weight-free first stage for tests, used when no MusicLDM or toy VAE weights are given.
+
+    The latent is the log-mel itself, normalised by fixed constants and folded 4×4 into channels (pixel-unshuffle):
+    (T, 64) -> (16, T/4, 16), exactly invertible. Audio comes back through Griffin-Lim, so it sounds phasey. Every
+    denoiser error is heard directly as broadband noise: a model worth listening to needs a learned first stage
+    (the toy VAE stage, README "The toy model").
+    """
+
+    sample_rate = SAMPLE_RATE
+    latent_channels = 16
+    fold = 4  # 4×4 patches, matching MusicLDM's 4× downsampling of T and F
+    # Log-mel statistics of Slakh2100 (co-author variant config comment "mean: -4.63, std: 2.74"): unit-scale latents
+    mel_mean, mel_std = -4.63, 2.74
+    # every latent value lies in here: the normalised log-mel between the floor and the ceiling (ddim_sample x0_range)
+    latent_range = ((math.log(MEL_FLOOR) - mel_mean) / mel_std, (GriffinLim.mel_ceiling - mel_mean) / mel_std)
+
+    def __init__(self, griffin_lim_iters=32):
+        super().__init__()
+        self.griffin_lim_iters = griffin_lim_iters
+        self.multiple = MEL_HOP * self.fold
+        self.vocoder = GriffinLim(griffin_lim_iters)
+
+    def latent_shape(self, n_samples):
+        """(C, T, F) of one track's latent: (16, 256, 16) for 10.24 s."""
+        if n_samples <= 0 or n_samples % self.multiple:
+            raise ValueError(f"n_samples must be a positive multiple of {self.multiple}; got {n_samples}")
+        return (self.latent_channels, n_samples // self.multiple, MEL_BINS // self.fold)
+
+    def mel_to_latent(self, mel):  # (B, T, F) -> (B, 16, T/4, F/4)
+        x = (mel - self.mel_mean) / self.mel_std
+        return F.pixel_unshuffle(x.unsqueeze(1), self.fold)  # channel 4·(t mod 4) + (f mod 4) holds mel[4t' + ., 4f' + .]
+
+    def latent_to_mel(self, z):  # (B, 16, T/4, F/4) -> (B, T, F), the exact inverse of mel_to_latent
+        return F.pixel_shuffle(z, self.fold).squeeze(1) * self.mel_std + self.mel_mean
+
+    @torch.no_grad()
+    def encode(self, wave, sample=True, generator=None):
+        """(B, S, N) waveform -> (B, S, 16, N/640, 16); deterministic, so `sample` and `generator` are ignored."""
+        b, s, n = _check_wave(wave, self.multiple)
+        z = self.mel_to_latent(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, 16, T/4, F/4)
+        return z.reshape(b, s, *z.shape[1:])  # (B·S, C, T, F) -> (B, S, C, T, F)
+
+    @torch.no_grad()
+    def decode(self, z):
+        """(B, S, 16, T, 16) -> (B, S, N) waveform through Griffin-Lim, N = 640·T."""
+        b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.fold)[:2]
+        mel = self.latent_to_mel(z.flatten(0, 1))  # (B, S, C, T, F) -> (B·S, 4T, 64)
+        wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N)
+        return wave[:, 0].reshape(b, s, -1)  # (B·S, N) -> (B, S, N)
+
+
+def make_first_stage(spec, trust=False):
+    """None or "offline" -> OfflineFirstStage(); a checkpoint path or folder -> MusicLDMFirstStage(load_first_stage(...))."""
+    if spec is None or spec == "offline":
+        return OfflineFirstStage()
+    return MusicLDMFirstStage(*load_first_stage(spec, trust))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading the first stage: every format the MusicLDM weights are distributed in, and our toy VAE record
+# ----------------------------------------------------------------------------------------------------------------------
 #   1. Lightning checkpoint (MusicLDM musicldm-ckpt.ckpt or SyncTrack's pretrained one): first_stage_model.* + scale_factor
 #   2. a folder with the official vae-ckpt.ckpt + hifigan-ckpt.ckpt (Zenodo bundle; weight-norm HiFi-GAN)
 #   3. the diffusers folder of ucsd-reach/musicldm: vae/ (AutoencoderKL) + vocoder/ (SpeechT5HifiGan), safetensors or bin
 
-MUSICLDM_DDCONFIG = dict(double_z=True, z_channels=8, resolution=256, in_channels=1, out_ch=1, ch=128,
-                         ch_mult=[1, 2, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)  # official config
-MUSICLDM_EMBED_DIM = 8  # official config: embed_dim 8, latent 8 × 256 × 16 per track
-# The toy first stage (README "The toy model"): MusicLDM's VAE design, but the log-mel is first folded 4×4 into 16
-# channels (pixel-unshuffle, as the offline stage), so its convolutions run at 1/16 of the positions: 8× down in T and
-# F, latent 8 × 32 × 8 per 2.56 s track. Trained by `train.py --stage vae`, decoded by GriffinLim (no vocoder to train).
-TOY_VAE_DDCONFIG = dict(double_z=True, z_channels=8, in_channels=16, out_ch=16, ch=64, ch_mult=[1, 2],
-                        num_res_blocks=1, attn_resolutions=[], fold=4)
-TOY_VAE_EMBED_DIM = 8
-HIFIGAN_16K_64 = dict(num_mels=64, upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
-                      upsample_initial_channel=1024, resblock_kernel_sizes=[3, 7, 11],
-                      resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]])  # official src/hifigan/config_16k_64.json
 # MusicLDM's scale_factor as published in ucsd-reach/musicldm vae/config.json (converted from musicldm-ckpt.ckpt);
 # used only for the separate vae-ckpt/hifigan-ckpt files, which carry none.
 MUSICLDM_SCALE_FACTOR = 1.075324296951294
@@ -1043,195 +1256,29 @@ def load_first_stage(path, trust=False):
     return _load_lightning(checkpoint, path)
 
 
+# ======================================================================================================================
+# PART III. CHECKPOINTS: reading files, the official UNet key map, our save / load / export
+# ======================================================================================================================
+
 # ----------------------------------------------------------------------------------------------------------------------
-# First stages: the latent interface the denoiser is trained and sampled in
-# Both stages take (B, S, N) waveforms at 16 kHz and give (B, S, C, T, F) latents; the rest of the pipeline does not
-# care which one it holds. N must be a multiple of 640 = hop 160 × the 4× time downsampling.
+# Reading a checkpoint file
+# ----------------------------------------------------------------------------------------------------------------------
 
-def _check_wave(wave, multiple):
-    """Validate a (B, S, N) float waveform batch; the sample rate cannot be checked from a tensor, so it is assumed."""
-    if wave.dim() != 3 or wave.shape[-1] == 0 or wave.shape[-1] % multiple or not wave.is_floating_point():
-        raise ValueError(f"expected mono {SAMPLE_RATE} Hz float audio of shape (B, S, N) with N a positive multiple of "
-                         f"{multiple} (10.24 s = 163840 samples); got {wave.dtype} of shape {tuple(wave.shape)}")
-    peak = wave.abs().max().item()
-    if peak > 2.0:  # catches int16-scaled audio; resampling a full-scale file may overshoot 1 a little, which is fine
-        raise ValueError(f"expected audio in [-1, 1]; got peak {peak:.4g} (divide int16 samples by 32768)")
-    return wave.shape
-
-
-def _check_latent(z, channels, bins):
-    if z.dim() != 5 or z.shape[2] != channels or z.shape[3] == 0 or z.shape[4] != bins:
-        raise ValueError(f"expected a latent of shape (B, S, {channels}, T, {bins}); got {tuple(z.shape)}")
-    return z.shape
-
-
-class MusicLDMFirstStage(nn.Module):
-    """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z / scale)).
-
-    The toy stage is the same pipeline in miniature: a small VAE (TOY_VAE_DDCONFIG) with GriffinLim as the vocoder.
-    """
-
-    sample_rate = SAMPLE_RATE
-    latent_channels = MUSICLDM_EMBED_DIM
-
-    def __init__(self, vae, vocoder, scale_factor):
-        super().__init__()
-        # frozen first stage: SyncTrack trains only the denoiser, so no gradients and inference-mode layers
-        self.vae = vae.eval().requires_grad_(False)
-        self.vocoder = vocoder.eval().requires_grad_(False)
-        self.scale_factor = float(scale_factor)  # brings the latents to about unit variance for the diffusion
-        self.latent_channels = vae.embed_dim
-        self.multiple = MEL_HOP * vae.downsampling  # samples per latent time step
-
-    def latent_shape(self, n_samples):
-        """(C, T, F) of one track's latent for an n_samples waveform: (8, 256, 16) for 10.24 s."""
-        if n_samples <= 0 or n_samples % self.multiple:
-            raise ValueError(f"n_samples must be a positive multiple of {self.multiple}; got {n_samples}")
-        d = self.vae.downsampling
-        return (self.latent_channels, n_samples // MEL_HOP // d, MEL_BINS // d)
-
-    @torch.no_grad()
-    def encode(self, wave, sample=True, generator=None):
-        """(B, S, N) waveform -> (B, S, C, T, F) scaled latent.
-
-        sample=True draws from the posterior as the official training target does (`generator` on wave's device);
-        sample=False returns the posterior mean.
-        """
-        mean, std = self.posterior(wave)
-        if not sample:
-            return mean
-        return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-
-    @torch.no_grad()
-    def posterior(self, wave):
-        """(B, S, N) waveform -> mean and standard deviation of the scaled posterior, each (B, S, C, T, F).
-
-        Training on a fixed set of clips can keep these (data.EncodedClips) and draw z = mean + std·ε per step,
-        exactly what encode(sample=True) draws, without running the encoder again."""
-        b, s, n = _check_wave(wave, self.multiple)
-        mean, logvar = self.vae.encode(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, C, T/d, F/d)
-        std = torch.exp(0.5 * logvar)
-        return [(self.scale_factor * x).reshape(b, s, *x.shape[1:]) for x in (mean, std)]  # -> (B, S, C, T, F)
-
-    @torch.no_grad()
-    def decode(self, z):
-        """(B, S, C, T, F) scaled latent -> (B, S, N) waveform, N = 160·d·T for a VAE that is d× down (MusicLDM: 4)."""
-        b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.vae.downsampling)[:2]
-        mel = self.vae.decode(z.flatten(0, 1) / self.scale_factor)  # (B·S, C, T, F) -> (B·S, 4T, 64)
-        wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N + 32)
-        n = mel.shape[1] * MEL_HOP
-        # the vocoder makes 32 samples more than the clip (the official eval keeps them): trim so lengths round-trip
-        return wave[:, 0, :n].reshape(b, s, n)  # (B·S, N) -> (B, S, N)
-
-
-class GriffinLim(nn.Module):
-    """A weight-free vocoder with HiFiGAN's interface: log-mel (B, F, T) -> waveform (B, 1, 160·T) by fast Griffin-Lim.
-
-    The vocoder of the offline stage and of the toy VAE stage: no weights to train or download, but it sounds phasey.
-    """
-
-    momentum = 0.99  # fast Griffin-Lim (Perraudin et al., 2013) acceleration, torchaudio's default
-    mel_ceiling = math.log(100.0)  # above the log-mel of any full-scale 16 kHz signal (its mel stays below ~30)
-
-    def __init__(self, iters=32):
-        super().__init__()
-        self.iters = iters  # 32: spectral convergence about 0.15, about 2 s per 10.24 s track on 2 CPU cores
-        basis = mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BINS, 0.0, MEL_FMAX).astype(np.float64)
-        # minimum-norm least-squares inverse of the filterbank: mel magnitudes -> linear STFT magnitudes
-        # (numpy's pinv: torch.linalg.pinv takes ~100x longer on CPU for this 64 x 513 matrix)
-        inverse = torch.from_numpy(np.linalg.pinv(basis)).float()  # (513, F)
-        self.register_buffer("mel_inverse", inverse, persistent=False)
-        self.register_buffer("window", torch.hann_window(MEL_N_FFT, periodic=True), persistent=False)
-
-    def stft(self, x):  # (B, N) -> (B, 513, N / hop + 1), the front end's STFT
-        return torch.stft(x, MEL_N_FFT, MEL_HOP, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)
-
-    def _istft(self, spec, n_samples):  # (B, 513, N / hop + 1) -> (B, N)
-        return torch.istft(spec, MEL_N_FFT, MEL_HOP, window=self.window, center=True, length=n_samples)
-
-    def forward(self, mel):
-        """Log-mel (B, F, T) -> waveform (B, 1, 160·T), from zero phase."""
-        n_samples = mel.shape[-1] * MEL_HOP
-        # 1. log-mel -> linear STFT magnitude: least squares through the filterbank, negatives clamped. A generated
-        #    log-mel can leave the range of real audio; clamp it there so exp() stays finite.
-        mel = mel.float().clamp(math.log(MEL_FLOOR), self.mel_ceiling)
-        magnitude = (self.mel_inverse @ mel.exp()).clamp(min=0.0)  # (B, F, T) -> (B, 513, T)
-        # 2. the front end dropped the last of the 1 + N/hop centred frames: repeat the final frame in its place
-        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # (B, 513, T + 1)
-        spec = magnitude.to(torch.complex64)
-        previous = torch.zeros_like(spec)
-        for _ in range(self.iters):
-            # 3. project onto consistent spectrograms (STFTs of some signal)
-            rebuilt = self.stft(self._istft(spec, n_samples))
-            # 4. momentum step, then keep the phase and impose the target magnitude
-            accelerated = rebuilt + self.momentum * (rebuilt - previous)
-            previous = rebuilt
-            spec = magnitude * accelerated / accelerated.abs().clamp(min=1e-8)
-        return self._istft(spec, n_samples).unsqueeze(1)  # (B, N) -> (B, 1, N)
-
-
-class OfflineFirstStage(nn.Module):
-    """Weight-free first stage for tests, used when no MusicLDM or toy VAE weights are given.
-
-    The latent is the log-mel itself, normalised by fixed constants and folded 4×4 into channels (pixel-unshuffle):
-    (T, 64) -> (16, T/4, 16), exactly invertible. Audio comes back through Griffin-Lim, so it sounds phasey. Every
-    denoiser error is heard directly as broadband noise: a model worth listening to needs a learned first stage
-    (the toy VAE stage, README "The toy model").
-    """
-
-    sample_rate = SAMPLE_RATE
-    latent_channels = 16
-    fold = 4  # 4×4 patches, matching MusicLDM's 4× downsampling of T and F
-    # Log-mel statistics of Slakh2100 (co-author variant config comment "mean: -4.63, std: 2.74"): unit-scale latents
-    mel_mean, mel_std = -4.63, 2.74
-    # every latent value lies in here: the normalised log-mel between the floor and the ceiling (ddim_sample x0_range)
-    latent_range = ((math.log(MEL_FLOOR) - mel_mean) / mel_std, (GriffinLim.mel_ceiling - mel_mean) / mel_std)
-
-    def __init__(self, griffin_lim_iters=32):
-        super().__init__()
-        self.griffin_lim_iters = griffin_lim_iters
-        self.multiple = MEL_HOP * self.fold
-        self.vocoder = GriffinLim(griffin_lim_iters)
-
-    def latent_shape(self, n_samples):
-        """(C, T, F) of one track's latent: (16, 256, 16) for 10.24 s."""
-        if n_samples <= 0 or n_samples % self.multiple:
-            raise ValueError(f"n_samples must be a positive multiple of {self.multiple}; got {n_samples}")
-        return (self.latent_channels, n_samples // self.multiple, MEL_BINS // self.fold)
-
-    def mel_to_latent(self, mel):  # (B, T, F) -> (B, 16, T/4, F/4)
-        x = (mel - self.mel_mean) / self.mel_std
-        return F.pixel_unshuffle(x.unsqueeze(1), self.fold)  # channel 4·(t mod 4) + (f mod 4) holds mel[4t' + ., 4f' + .]
-
-    def latent_to_mel(self, z):  # (B, 16, T/4, F/4) -> (B, T, F), the exact inverse of mel_to_latent
-        return F.pixel_shuffle(z, self.fold).squeeze(1) * self.mel_std + self.mel_mean
-
-    @torch.no_grad()
-    def encode(self, wave, sample=True, generator=None):
-        """(B, S, N) waveform -> (B, S, 16, N/640, 16); deterministic, so `sample` and `generator` are ignored."""
-        b, s, n = _check_wave(wave, self.multiple)
-        z = self.mel_to_latent(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, 16, T/4, F/4)
-        return z.reshape(b, s, *z.shape[1:])  # (B·S, C, T, F) -> (B, S, C, T, F)
-
-    @torch.no_grad()
-    def decode(self, z):
-        """(B, S, 16, T, 16) -> (B, S, N) waveform through Griffin-Lim, N = 640·T."""
-        b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.fold)[:2]
-        mel = self.latent_to_mel(z.flatten(0, 1))  # (B, S, C, T, F) -> (B·S, 4T, 64)
-        wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N)
-        return wave[:, 0].reshape(b, s, -1)  # (B·S, N) -> (B, S, N)
-
-
-def make_first_stage(spec, trust=False):
-    """None or "offline" -> OfflineFirstStage(); a checkpoint path or folder -> MusicLDMFirstStage(load_first_stage(...))."""
-    if spec is None or spec == "offline":
-        return OfflineFirstStage()
-    return MusicLDMFirstStage(*load_first_stage(spec, trust))
+def read_checkpoint(path, trust=False):
+    """torch.load on CPU. Tensors-only files load safely; pickled objects (Lightning) need trust=True."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError as e:  # weights_only refuses objects beyond tensors and plain containers
+        if not trust:
+            raise ValueError(f"{path}: this checkpoint stores pickled Python objects (e.g. a Lightning checkpoint); "
+                             f"load it only if you trust its source, with trust=True (--trust)") from e
+        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Checkpoints: the official SyncTrack / MusicLDM weights, and our own
+# The official SyncTrack / MusicLDM UNet weights: one key table, strict on what we claim
 # ----------------------------------------------------------------------------------------------------------------------
 
 # Official UNet key fragment -> ours; the first matching row applies. Every other key is the same in both.
@@ -1259,19 +1306,6 @@ def official_to_ours(key):
         if theirs in key:
             return key.replace(theirs, ours, 1)
     return key
-
-
-def read_checkpoint(path, trust=False):
-    """torch.load on CPU. Tensors-only files load safely; pickled objects (Lightning) need trust=True."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint") from None
-    except pickle.UnpicklingError as e:  # weights_only refuses objects beyond tensors and plain containers
-        if not trust:
-            raise ValueError(f"{path}: this checkpoint stores pickled Python objects (e.g. a Lightning checkpoint); "
-                             f"load it only if you trust its source, with trust=True (--trust)") from e
-        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def load_official(model, src, ema=True, trust=False):
@@ -1327,6 +1361,10 @@ def load_official(model, src, ema=True, trust=False):
     return dict(loaded=len(mapped), source=source, new=new, ignored=ignored, warning=warning,
                 scale_factor=None if scale is None else float(scale))
 
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Our checkpoints: the config inside (rebuilt from it), atomic writes, a float16 export to share
+# ----------------------------------------------------------------------------------------------------------------------
 
 def save_checkpoint(path, model, **extra):
     """Our checkpoint: {"config": asdict(config), "model": state_dict, **extra}, written by write_checkpoint."""
