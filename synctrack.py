@@ -21,7 +21,7 @@ The file has three parts; Part I is the paper and reads on its own.
     vocoder ........................... HiFiGAN
     first stages ...................... MusicLDMFirstStage (VAE + HiFiGAN, or + GriffinLim for the toy), GriffinLim,
                                         OfflineFirstStage (no weights), make_first_stage
-    loading the first stage ........... load_first_stage (Lightning, vae/hifigan-ckpt, diffusers, our first_stage record)
+    loading the first stage ........... load_first_stage (Lightning, vae/hifigan-ckpt, diffusers, our own record)
   III. Checkpoints
     reading a file .................... read_checkpoint (safe by default; pickles only with trust=True)
     official UNet weights ............. OFFICIAL_KEY_MAP, load_official
@@ -32,7 +32,9 @@ guidance (scale 0, a no-op there); Lightning, YAML and registries.
 
 Notation (code name -> paper symbol):
     B batch, S tracks (s), C channels, T time frames (t), F frequency bins (f), L tokens per track (T·F), N audio samples
-    z: latent z^s (Eq. 1), z_t / x: noisy latent z_l, t: diffusion step l, eps: ε, alpha_bar: ᾱ_l
+    z: clean latent z^s (Eq. 1; z_0 of the diffusion), z_l: noisy latent at step l, step: the diffusion step l
+    (paper: l of L; code: 0..n_timesteps−1), z_start: the pure noise DDIM starts from, z_hat: predicted ẑ_0,
+    eps: ε, alpha_bar: ᾱ_l; t, f index time frames and frequency bins
 """
 import contextlib
 import errno
@@ -47,7 +49,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+import torch.nn.functional as nnf  # F is the frequency axis here (glossary)
 from tqdm import tqdm
 
 TRACKS = ("bass", "drums", "guitar", "piano")  # §5.1: Slakh2100 4-stem subset, official stem order
@@ -66,8 +68,9 @@ class SyncTrackConfig:
     """Every hyper-parameter of the model; the defaults are the paper's (Table A3) / official values."""
     tracks: tuple = TRACKS                 # §5.1, official `stems`
     latent_channels: int = 8               # C: official VAE z_channels (16 for the offline first stage)
-    latent_time: int = 256                 # T: 1024 mel frames / 4 (official hard-codes 256)
-    latent_freq: int = 16                  # F: 64 mel bins / 4 (official hard-codes 16)
+    latent_downsampling: int = 4           # the first stage's mel -> latent factor in T and F (official VAE: 4)
+    latent_time: int | None = None         # T, derived: clip_samples / hop 160 / 4 = 256 (official hard-codes 256)
+    latent_freq: int | None = None         # F, derived: 64 mel bins / 4 = 16 (official hard-codes 16)
     model_channels: int = 128              # Table A3 row 4-7
     channel_mult: tuple = (1, 2, 3, 5)     # Table A3 (widths 128/256/384/640)
     num_res_blocks: int = 2                # Table A3
@@ -90,18 +93,25 @@ class SyncTrackConfig:
     # audio: which first stage maps waveforms to latents (Eq. 1/3): "musicldm" (VAE + HiFi-GAN weights), "toy-vae" (the
     # small VAE + Griffin-Lim of the toy preset, inside our checkpoints) or "offline" (no weights; tests)
     first_stage: str = "musicldm"
-    sample_rate: int = 16000               # MusicLDM (the front end is built for 16 kHz only)
-    clip_samples: int = 163840             # 10.24 s (official)
+    clip_samples: int = 163840             # 10.24 s at 16 kHz (official; every first stage here is built for 16 kHz)
 
     def __post_init__(self):
         self.tracks, self.channel_mult, self.attention_ds = tuple(self.tracks), tuple(self.channel_mult), \
             tuple(self.attention_ds)
         if self.variant not in ("paper", "official"):
             raise ValueError(f"variant must be 'paper' or 'official', got {self.variant!r}")
-        if self.sample_rate != 16000:
-            raise ValueError("the MusicLDM front end (and the offline stage) are defined for 16 kHz audio only")
         if self.model_channels % self.norm_groups:
             raise ValueError(f"model_channels must be a multiple of norm_groups ({self.norm_groups})")
+        # T and F follow from the clip and the first stage; given values (a checkpoint's config) must agree
+        d = self.latent_downsampling
+        if self.clip_samples % (MEL_HOP * d):
+            raise ValueError(f"clip_samples must be a multiple of {MEL_HOP * d} (hop {MEL_HOP} × downsampling {d}), "
+                             f"got {self.clip_samples}")
+        grid = (self.clip_samples // MEL_HOP // d, MEL_BINS // d)
+        if (self.latent_time or grid[0], self.latent_freq or grid[1]) != grid:
+            raise ValueError(f"latent T × F {self.latent_time} × {self.latent_freq} does not match clip_samples "
+                             f"{self.clip_samples} at downsampling {d} ({grid[0]} × {grid[1]})")
+        self.latent_time, self.latent_freq = grid
 
     @property
     def time_embed_dim(self):
@@ -113,6 +123,11 @@ class SyncTrackConfig:
 
     @classmethod
     def from_dict(cls, d):
+        d = dict(d)
+        if d.pop("sample_rate", 16000) != 16000:  # a field of checkpoints written before 2026-12-02, always 16000
+            raise ValueError("only 16 kHz configs exist (the first stages are built for 16 kHz)")
+        if "latent_freq" in d:  # those checkpoints also predate latent_downsampling; their F tells it
+            d.setdefault("latent_downsampling", MEL_BINS // d["latent_freq"])
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -131,10 +146,10 @@ class SyncTrackConfig:
 PRESETS = {
     "paper": dict(),
     # a laptop-CPU model: 2.56 s clips on the toy VAE (8 × 32 × 8 latents), attention at 1/2 and 1/4 resolution
-    "toy": dict(latent_channels=8, latent_time=32, latent_freq=8, model_channels=32, norm_groups=8,
-                channel_mult=(1, 2, 2), num_res_blocks=1, attention_ds=(2, 4), first_stage="toy-vae", clip_samples=40960),
+    "toy": dict(latent_downsampling=8, model_channels=32, norm_groups=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+                attention_ds=(2, 4), first_stage="toy-vae", clip_samples=40960),
     # for tests: the smallest model that still has every module
-    "tiny": dict(latent_channels=16, latent_time=16, latent_freq=16, model_channels=32, norm_groups=8,
+    "tiny": dict(latent_channels=16, model_channels=32, norm_groups=8,
                  channel_mult=(1, 1), num_res_blocks=1, attention_ds=(2,), head_channels=16, prior_hidden=32,
                  first_stage="offline", clip_samples=10240),
 }
@@ -144,11 +159,11 @@ PRESETS = {
 # Embeddings: diffusion step l and the learnable instrument prior
 # ----------------------------------------------------------------------------------------------------------------------
 
-def timestep_embedding(t, dim, max_period=10000):
+def timestep_embedding(step, dim, max_period=10000):
     """Sinusoidal embedding of the step l: [cos(l·ω_i), sin(l·ω_i)], ω_i = max_period^(-i/(dim/2)) (official: cos first)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]                     # (B, dim/2)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=step.device) / half)
+    args = step[:, None].float() * freqs[None]                  # (B, dim/2)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -218,7 +233,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        return self.conv(nnf.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -228,7 +243,7 @@ class Upsample(nn.Module):
 def multi_head_attention(q, k, v, heads):
     """softmax(q kᵀ/√d) v with `heads` heads; q: (N, Lq, C), k, v: (N, Lk, C) -> (N, Lq, C)."""
     split = lambda x: x.unflatten(-1, (heads, -1)).transpose(1, 2)  # (N, L, C) -> (N, heads, L, C/heads)
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    out = nnf.scaled_dot_product_attention(split(q), split(k), split(v))
     return out.transpose(1, 2).flatten(2)                           # (N, heads, Lq, C/heads) -> (N, Lq, C)
 
 
@@ -259,7 +274,7 @@ class GlobalCrossTrackAttention(nn.Module):
         self.norm = nn.LayerNorm(ch)
         self.attn = Attention(ch, heads)
 
-    def forward(self, x, T, F_):
+    def forward(self, x, T, F):
         # x: (B*S, L, C); T and F are not needed (all tokens attend to all), only taken to match ③'s signature
         BS, L, C = x.shape
         h = self.norm(x).reshape(BS // self.n_tracks, self.n_tracks * L, C)  # (B*S, L, C) -> (B, S*L, C)
@@ -286,19 +301,19 @@ class TimeCrossTrackAttention(nn.Module):
         # x: (N, L, C), one sequence per time step (paper) or per time-frequency cell (official)
         q, k, v = self.in_proj(self.norm1(x)).chunk(3, dim=-1)
         x = x + self.out_proj(multi_head_attention(q, k, v, self.heads))
-        return x + self.linear2(F.relu(self.linear1(self.norm2(x))))
+        return x + self.linear2(nnf.relu(self.linear1(self.norm2(x))))
 
-    def forward(self, x, T, F_):
+    def forward(self, x, T, F):
         # x: (B*S, L, C) with L = T·F (token index t·F + f)
         BS, L, C = x.shape
         S, B = self.n_tracks, BS // self.n_tracks
-        h = x.reshape(B, S, T, F_, C)
+        h = x.reshape(B, S, T, F, C)
         if self.variant == "paper":
-            h = h.permute(0, 2, 1, 3, 4).reshape(B * T, S * F_, C)         # (B, S, T, F, C) -> (B*T, S*F, C)
-            h = self.encoder_layer(h).reshape(B, T, S, F_, C).permute(0, 2, 1, 3, 4)
+            h = h.permute(0, 2, 1, 3, 4).reshape(B * T, S * F, C)         # (B, S, T, F, C) -> (B*T, S*F, C)
+            h = self.encoder_layer(h).reshape(B, T, S, F, C).permute(0, 2, 1, 3, 4)
             return h.reshape(BS, L, C)                                       # (B, S, T, F, C) -> (B*S, L, C)
-        h = h.permute(0, 2, 3, 1, 4).reshape(B * T * F_, S, C)             # (B, S, T, F, C) -> (B*T*F, S, C)
-        h = self.encoder_layer(h).reshape(B, T, F_, S, C).permute(0, 3, 1, 2, 4)
+        h = h.permute(0, 2, 3, 1, 4).reshape(B * T * F, S, C)             # (B, S, T, F, C) -> (B*T*F, S, C)
+        h = self.encoder_layer(h).reshape(B, T, F, S, C).permute(0, 3, 1, 2, 4)
         # official variant: the layer already returns x + SA + FFN; adding x once more is the doubled residual
         return x + h.reshape(BS, L, C)
 
@@ -312,7 +327,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x):
         h, gate = self.proj(x).chunk(2, dim=-1)
-        return h * F.gelu(gate)
+        return h * nnf.gelu(gate)
 
 
 class TrackSharedTransformer(nn.Module):
@@ -334,20 +349,20 @@ class TrackSharedTransformer(nn.Module):
         self.norm3, self.ff = nn.LayerNorm(ch), nn.Sequential(GEGLU(ch), nn.Dropout(0.0), nn.Linear(4 * ch, ch))
         self.proj_out = zero_init(nn.Conv2d(ch, ch, 1))
 
-    def cross_track(self, x, T, F_):
+    def cross_track(self, x, T, F):
         """② then ③ (Eqs. 4, 5); ③ then ② for SyncTrack-reorder; an ablated attention (None) is skipped."""
         order = (self.time_attn, self.global_attn) if self.reorder else (self.global_attn, self.time_attn)
         for attn in order:
             if attn is not None:
-                x = attn(x, T, F_)
+                x = attn(x, T, F)
         return x
 
     def forward(self, x):
         # x: (B*S, C, T, F)
-        _, C, T, F_ = x.shape
+        _, C, T, F = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B*S, C, T, F) -> (B*S, L, C), L = T·F
         h = h + self.attn1(self.norm1(h))                          # inner-track attention
-        h = self.cross_track(h, T, F_)                             # ② then ③ (Eqs. 4, 5)
+        h = self.cross_track(h, T, F)                             # ② then ③ (Eqs. 4, 5)
         h = h + self.attn2(self.norm2(h))
         h = h + self.ff(self.norm3(h))
         h = h.transpose(1, 2).reshape(x.shape)                     # (B*S, L, C) -> (B*S, C, T, F)
@@ -381,7 +396,7 @@ class TrackSharedModule(UNetBlock):
 # ----------------------------------------------------------------------------------------------------------------------
 
 class SyncTrack(nn.Module):
-    """The SyncTrack UNet (Fig. 2b, Table A3). forward(z_t (B, S, C, T, F), t (B,)) -> ε̂ (B, S, C, T, F).
+    """The SyncTrack UNet (Fig. 2b, Table A3). forward(z_l (B, S, C, T, F), step (B,)) -> ε̂ (B, S, C, T, F).
 
     Tracks are folded into the batch, (B, S) -> B·S rows, so convolutions and inner-track attention see one track at
     a time; the cross-track attentions unfold them again. The module names follow the official UNet, so the released
@@ -442,11 +457,11 @@ class SyncTrack(nn.Module):
                                  zero_init(nn.Conv2d(mc, cfg.latent_channels, 3, padding=1)))
         self.register_buffer("alphas_cumprod", alpha_bar_schedule(cfg), persistent=False)
 
-    def forward(self, z_t, t):
-        # z_t: (B, S, C, T, F), t: (B,) diffusion steps l, one per sample, shared by its S tracks
-        B, S, C, T, F_ = z_t.shape
-        x = z_t.reshape(B * S, C, T, F_)                                   # (B, S, C, T, F) -> (B*S, C, T, F)
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels)).repeat_interleave(S, dim=0)
+    def forward(self, z_l, step):
+        # z_l: (B, S, C, T, F), step: (B,) diffusion steps l, one per sample, shared by its S tracks
+        B, S, C, T, F = z_l.shape
+        x = z_l.reshape(B * S, C, T, F)                                   # (B, S, C, T, F) -> (B*S, C, T, F)
+        emb = self.time_embed(timestep_embedding(step, self.config.model_channels)).repeat_interleave(S, dim=0)
         # "added to the time embedding" (§3). Without the prior (Table 6 Backbone) its slot holds zeros, as the official
         # code's commented-out `th.zeros_like(switch_emb)`: every ResBlock keeps MusicLDM's shapes, so it can be initialised
         prior = self.instrument_prior().repeat(B, 1) if self.instrument_prior is not None else torch.zeros_like(emb)
@@ -458,7 +473,7 @@ class SyncTrack(nn.Module):
         x = self.middle_block(x, emb)
         for block in self.output_blocks:
             x = block(torch.cat([x, skips.pop()], dim=1), emb)
-        return self.out(x).reshape(B, S, C, T, F_)                         # (B*S, C, T, F) -> (B, S, C, T, F)
+        return self.out(x).reshape(B, S, C, T, F)                         # (B*S, C, T, F) -> (B, S, C, T, F)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -471,19 +486,19 @@ def alpha_bar_schedule(cfg):
     return torch.cumprod(1.0 - betas, dim=0).float()
 
 
-def q_sample(z0, t, noise, alpha_bar):
-    """z_l = √ᾱ_l z_0 + √(1 − ᾱ_l) ε, for every track of each sample at that sample's l."""
-    a = alpha_bar[t].view(-1, 1, 1, 1, 1)                              # (B,) -> (B, 1, 1, 1, 1)
-    return a.sqrt() * z0 + (1 - a).sqrt() * noise
+def q_sample(z, step, noise, alpha_bar):
+    """z_l = √ᾱ_l z + √(1 − ᾱ_l) ε, for every track of each sample at that sample's l."""
+    a = alpha_bar[step].view(-1, 1, 1, 1, 1)                           # (B,) -> (B, 1, 1, 1, 1)
+    return a.sqrt() * z + (1 - a).sqrt() * noise
 
 
-def diffusion_loss(model, z0, generator=None):
+def diffusion_loss(model, z, generator=None):
     """Eq. (2): L(θ) = E_{ε, z, l} ||ε − ε_θ({z_l^s}_{s=1}^S, l)||², l uniform, one l per sample for all S tracks."""
     alpha_bar = getattr(model, "module", model).alphas_cumprod   # `model` may be wrapped in DistributedDataParallel
-    t = torch.randint(0, len(alpha_bar), (z0.shape[0],), device=z0.device, generator=generator)
-    noise = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype, generator=generator)
-    z_t = q_sample(z0, t, noise, alpha_bar)
-    return F.mse_loss(model(z_t, t).float(), noise.float())      # Eq. (2): ||ε − ε_θ(z_l, l)||²
+    step = torch.randint(0, len(alpha_bar), (z.shape[0],), device=z.device, generator=generator)
+    noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+    z_l = q_sample(z, step, noise, alpha_bar)
+    return nnf.mse_loss(model(z_l, step).float(), noise.float())  # Eq. (2): ||ε − ε_θ(z_l, l)||²
 
 
 def ddim_timesteps(n_timesteps, steps):
@@ -491,62 +506,62 @@ def ddim_timesteps(n_timesteps, steps):
     if not 1 <= steps < n_timesteps:  # the +1 shift needs the last step below n_timesteps
         raise ValueError(f"steps must be in 1..{n_timesteps - 1}, got {steps}")
     # exactly `steps` steps spread over the whole range: i·n // steps + 1 is the official i·(n // steps) + 1 when steps
-    # divides n, and for other counts still starts near l = n (400 steps: 1 … 998, not 1 … 799 with x_T pure noise)
+    # divides n, and for other counts still starts near l = n (400 steps: 1 … 998, not 1 … 799 with z_start pure noise)
     return torch.arange(steps) * n_timesteps // steps + 1
 
 
 @torch.no_grad()
-def ddim_sample(model, x_T, steps=200, eta=1.0, known=None, known_mask=None, generator=None, progress=True,
+def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None, generator=None, progress=True,
                 x0_range=None):
-    """DDIM (Song et al., 2021) from x_T (B, S, C, T, F); η = 1 is the official default (stochastic), η = 0 deterministic.
+    """DDIM (Song et al., 2021) from noise z_start (B, S, C, T, F) in `steps` steps; η = 1 is the official default
+    (stochastic), η = 0 deterministic.
 
     generator: one torch.Generator for all the noise, or a list of B generators, one per batch row: then row b depends
     on generator b only, so a piece is the same in any batch (per-piece seeds, sample.py).
 
-    x0_range: (low, high) to clamp the predicted z_0 into, for latents with a known range (the offline first stage's
+    x0_range: (low, high) to clamp the predicted ẑ_0 into, for latents with a known range (the offline first stage's
     `latent_range`), as DDPM clips images to [-1, 1]; None (the official setting) never clamps.
 
     Arrangement (App. A.8, official `inpainting`): with `known` latents and `known_mask` (S,) or (B, S) bools, the known
     tracks are replaced by their ground truth noised to the current level before every model call, so only the other
     tracks are generated; the returned latent holds `known` exactly on those tracks."""
     alpha_bar = model.alphas_cumprod
-    ts = ddim_timesteps(model.config.n_timesteps, steps).tolist()
-    prev = [0] + ts[:-1]                          # ᾱ_prev of the first (smallest) step is ᾱ_0, not 1 (official)
+    visited = ddim_timesteps(model.config.n_timesteps, steps).tolist()
+    previous = [0] + visited[:-1]                 # ᾱ_prev of the first (smallest) step is ᾱ_0, not 1 (official)
+    shape, device, dtype = z_start.shape, z_start.device, z_start.dtype
     mask = None
     if known is not None:
-        mask = torch.as_tensor(known_mask, dtype=torch.bool, device=x_T.device).expand(x_T.shape[:2])
-        mask = mask[:, :, None, None, None].to(x_T.dtype)                   # (B, S) -> (B, S, 1, 1, 1)
+        mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device).expand(shape[:2])
+        mask = mask[:, :, None, None, None].to(dtype)                       # (B, S) -> (B, S, 1, 1, 1)
 
-    def randn():  # N(0, I) of x's shape: (B, S, C, T, F) at once, or row b from generator b
+    def randn():  # N(0, I) of z's shape: (B, S, C, T, F) at once, or row b from generator b
         if isinstance(generator, (list, tuple)):
-            return torch.stack([torch.randn(x_T.shape[1:], generator=g, device=x_T.device, dtype=x_T.dtype)
-                                for g in generator])
-        return torch.randn(x_T.shape, generator=generator, device=x_T.device, dtype=x_T.dtype)
+            return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in generator])
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
-    x = x_T
-    for t, t_prev in tqdm(list(zip(ts, prev))[::-1], desc="DDIM", disable=not progress, leave=False):
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        if mask is not None:                      # hold the known tracks at q(z_t | z_0)
-            noise = randn()
-            x = mask * q_sample(known, t_batch, noise, alpha_bar) + (1 - mask) * x
-        eps = model(x, t_batch).to(x.dtype)
-        a, a_prev = alpha_bar[t], alpha_bar[t_prev]
-        # 1. predicted z_0 = (z_t − √(1−ᾱ_t) ε̂) / √ᾱ_t                      (DDIM Eq. 12, first term)
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    z_l = z_start
+    for step, prev_step in tqdm(list(zip(visited, previous))[::-1], desc="DDIM", disable=not progress, leave=False):
+        step_batch = torch.full((z_l.shape[0],), step, device=z_l.device, dtype=torch.long)
+        if mask is not None:                      # hold the known tracks at q(z_l | z)
+            z_l = mask * q_sample(known, step_batch, randn(), alpha_bar) + (1 - mask) * z_l
+        eps = model(z_l, step_batch).to(z_l.dtype)
+        a, a_prev = alpha_bar[step], alpha_bar[prev_step]
+        # 1. predicted ẑ_0 = (z_l − √(1−ᾱ_l) ε̂) / √ᾱ_l                      (DDIM Eq. 12, first term)
+        z_hat = (z_l - (1 - a).sqrt() * eps) / a.sqrt()
         if x0_range is not None:  # keep ẑ_0 in range and ε̂ consistent with it
-            x0 = x0.clamp(*x0_range)
-            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
-        # 2. σ_t = η √((1−ᾱ_prev)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)               (DDIM Eq. 16)
+            z_hat = z_hat.clamp(*x0_range)
+            eps = (z_l - a.sqrt() * z_hat) / (1 - a).sqrt()
+        # 2. σ_l = η √((1−ᾱ_prev)/(1−ᾱ_l)) √(1 − ᾱ_l/ᾱ_prev)               (DDIM Eq. 16)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
-        # 3. direction pointing to z_t: √(1 − ᾱ_prev − σ²) ε̂                  (DDIM Eq. 12, second term)
+        # 3. direction pointing to z_l: √(1 − ᾱ_prev − σ²) ε̂                  (DDIM Eq. 12, second term)
         direction = (1 - a_prev - sigma ** 2).sqrt() * eps
-        # 4. z_prev = √ᾱ_prev ẑ_0 + direction + σ_t z,  z ~ N(0, I)           (DDIM Eq. 12)
-        x = a_prev.sqrt() * x0 + direction
+        # 4. z_prev = √ᾱ_prev ẑ_0 + direction + σ_l ε,  ε ~ N(0, I)           (DDIM Eq. 12)
+        z_l = a_prev.sqrt() * z_hat + direction
         if eta > 0:
-            x = x + sigma * randn()
+            z_l = z_l + sigma * randn()
     if mask is not None:
-        x = mask * known + (1 - mask) * x
-    return x
+        z_l = mask * known + (1 - mask) * z_l
+    return z_l
 
 
 # ======================================================================================================================
@@ -633,8 +648,8 @@ class VAEResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x):  # (B, C_in, T, F) -> (B, C_out, T, F)
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(nnf.silu(self.norm1(x)))
+        h = self.conv2(nnf.silu(self.norm2(h)))
         return self.nin_shortcut(x) + h
 
 
@@ -653,7 +668,7 @@ class VAEAttnBlock(nn.Module):
         b, c, t, f = x.shape
         h = self.norm(x)
         q, k, v = (conv(h).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))  # (B, C, T, F) -> (B, T·F, C)
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √C) v
+        h = nnf.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √C) v
         return x + self.proj_out(h.transpose(1, 2).reshape(b, c, t, f))  # (B, T·F, C) -> (B, C, T, F)
 
 
@@ -664,7 +679,7 @@ class VAEDownsample(nn.Module):
 
     def forward(self, x):  # (B, C, T, F) -> (B, C, T/2, F/2)
         # official asymmetric padding: one extra row and column at the end only
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return self.conv(nnf.pad(x, (0, 1, 0, 1)))
 
 
 class VAEUpsample(nn.Module):
@@ -673,7 +688,7 @@ class VAEUpsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x):  # (B, C, T, F) -> (B, C, 2T, 2F)
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(nnf.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 def _vae_mid(channels):
@@ -710,7 +725,7 @@ class VAEEncoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(nnf.silu(self.norm_out(h)))
 
 
 class VAEDecoder(nn.Module):
@@ -739,7 +754,7 @@ class VAEDecoder(nn.Module):
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))  # no output activation: the decoder emits the log-mel itself
+        return self.conv_out(nnf.silu(self.norm_out(h)))  # no output activation: the decoder emits the log-mel itself
 
 
 class AutoencoderKL(nn.Module):
@@ -767,7 +782,7 @@ class AutoencoderKL(nn.Module):
 
     def encode(self, mel):
         """Eq. (1) VAE_enc: log-mel (B, T, F) -> posterior mean and log-variance, each (B, C, T/d, F/d), d = 4 here."""
-        x = F.pixel_unshuffle(mel.unsqueeze(1), self.fold)  # (B, T, F) -> (B, fold², T/fold, F/fold); MusicLDM: fold 1
+        x = nnf.pixel_unshuffle(mel.unsqueeze(1), self.fold)  # (B, T, F) -> (B, fold², T/fold, F/fold); MusicLDM: 1
         moments = self.quant_conv(self.encoder(x))  # -> (B, 2C, T/d, F/d)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)  # official DiagonalGaussianDistribution clamp
@@ -775,7 +790,7 @@ class AutoencoderKL(nn.Module):
     def decode(self, z):
         """Eq. (3) VAE_dec: latent (B, C, T/d, F/d) -> log-mel (B, T, F)."""
         x = self.decoder(self.post_quant_conv(z))  # (B, fold², T/fold, F/fold)
-        return F.pixel_shuffle(x, self.fold).squeeze(1)  # -> (B, 1, T, F) -> (B, T, F)
+        return nnf.pixel_shuffle(x, self.fold).squeeze(1)  # -> (B, 1, T, F) -> (B, T, F)
 
 
 MUSICLDM_DDCONFIG = dict(double_z=True, z_channels=8, resolution=256, in_channels=1, out_ch=1, ch=128,
@@ -807,7 +822,7 @@ class HiFiGANResBlock(nn.Module):
 
     def forward(self, x):  # (B, C, N) -> (B, C, N)
         for conv1, conv2 in zip(self.convs1, self.convs2):
-            x = x + conv2(F.leaky_relu(conv1(F.leaky_relu(x, 0.1)), 0.1))
+            x = x + conv2(nnf.leaky_relu(conv1(nnf.leaky_relu(x, 0.1)), 0.1))
         return x
 
 
@@ -836,10 +851,10 @@ class HiFiGAN(nn.Module):
         x = self.conv_pre(mel)
         n = self.kernels_per_stage
         for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, 0.1))  # (B, C, L) -> (B, C/2, rate·L)
+            x = up(nnf.leaky_relu(x, 0.1))  # (B, C, L) -> (B, C/2, rate·L)
             # multi-receptive-field fusion: the mean of the stage's parallel residual blocks
             x = sum(block(x) for block in self.resblocks[i * n:(i + 1) * n]) / n
-        x = self.conv_post(F.leaky_relu(x))  # official quirk: default slope 0.01 here, 0.1 everywhere else
+        x = self.conv_post(nnf.leaky_relu(x))  # official quirk: default slope 0.01 here, 0.1 everywhere else
         return torch.tanh(x)
 
 
@@ -1008,10 +1023,10 @@ class OfflineFirstStage(nn.Module):
 
     def mel_to_latent(self, mel):  # (B, T, F) -> (B, 16, T/4, F/4)
         x = (mel - self.mel_mean) / self.mel_std
-        return F.pixel_unshuffle(x.unsqueeze(1), self.fold)  # channel 4·(t mod 4) + (f mod 4) holds mel[4t' + ., 4f' + .]
+        return nnf.pixel_unshuffle(x.unsqueeze(1), self.fold)  # channel 4·(t mod 4) + (f mod 4): mel[4t' + ., 4f' + .]
 
     def latent_to_mel(self, z):  # (B, 16, T/4, F/4) -> (B, T, F), the exact inverse of mel_to_latent
-        return F.pixel_shuffle(z, self.fold).squeeze(1) * self.mel_std + self.mel_mean
+        return nnf.pixel_shuffle(z, self.fold).squeeze(1) * self.mel_std + self.mel_mean
 
     @torch.no_grad()
     def encode(self, wave, sample=True, generator=None):
@@ -1397,20 +1412,20 @@ def _half(state):
 
 def export_checkpoint(src, dst):
     """A small file to ship or share: the config and the EMA weights in float16 (load_model reads it)."""
-    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(src)
     weights = ckpt.get("ema") or ckpt["model"]
     out = {"config": ckpt["config"], "model": _half(weights), "step": ckpt.get("step"),
            "scale_factor": ckpt.get("scale_factor")}
     if "first_stage" in ckpt:  # the toy VAE: shipped with the denoiser
         out["first_stage"] = {**ckpt["first_stage"], "vae": _half(ckpt["first_stage"]["vae"])}
-    torch.save(out, dst)
+    write_checkpoint(dst, out)
 
 
 def load_model(src, ema=True):
     """Rebuild SyncTrack from one of our checkpoints (a path or its loaded dict; the config is inside), with the EMA
     weights when present and ema=True. Returns (model in eval mode, checkpoint dict)."""
     name = "checkpoint" if isinstance(src, dict) else src
-    ckpt = src if isinstance(src, dict) else torch.load(src, map_location="cpu", weights_only=True)
+    ckpt = src if isinstance(src, dict) else read_checkpoint(src)
     if "config" not in ckpt or "model" not in ckpt:
         raise KeyError(f"{name}: not a SyncTrack-minimal checkpoint (no 'config'/'model'); "
                        f"for official checkpoints use load_official")

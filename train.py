@@ -211,7 +211,8 @@ def build_first_stage(args, cfg):
         raise SystemExit(f"first stage {spec}: {err}") from None
     C, T, F = stage.latent_shape(cfg.clip_samples)
     kind = "offline" if spec == "offline" else "toy-vae" if isinstance(stage.vocoder, st.GriffinLim) else "musicldm"
-    return stage, dataclasses.replace(cfg, first_stage=kind, latent_channels=C, latent_time=T, latent_freq=F)
+    return stage, dataclasses.replace(cfg, first_stage=kind, latent_channels=C, latent_downsampling=st.MEL_BINS // F,
+                                      latent_time=T, latent_freq=F)
 
 
 def datasets(args, cfg, stage=None):
@@ -437,9 +438,7 @@ def open_log(path, step):
                 with contextlib.suppress(json.JSONDecodeError):  # a line cut off by a kill is dropped too
                     if json.loads(line)["step"] <= step:
                         kept.append(line if line.endswith("\n") else line + "\n")
-        with open(path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(path + ".tmp", path)
+        data.atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
     return open(path, "a")
 
 

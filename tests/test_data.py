@@ -165,8 +165,8 @@ def test_loader_batches_do_not_depend_on_workers():
 
 def test_read_audio_resamples_and_mixes_down(tmp_path):
     write(tmp_path / "a.wav", np.stack([sine(440, 1.0, 44100), np.zeros(44100, np.float32)], axis=1), 44100)
-    x = data.read_audio(tmp_path / "a.wav")
-    assert x.dtype == np.float32 and x.shape == (16000,)
+    x, sr = data.read_audio(tmp_path / "a.wav")
+    assert x.dtype == np.float32 and x.shape == (16000,) and sr == 16000
     np.testing.assert_allclose(x[1000:-1000], sine(440, 1.0, 16000, 0.15)[1000:-1000], atol=2e-3)
     (tmp_path / "bad.flac").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.flac"):

@@ -13,7 +13,7 @@ import torch
 from scipy import linalg
 
 import metrics
-from metrics import TRACKS
+from data import TRACKS
 
 SR = 16000
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import data
 import metrics
-from metrics import TRACKS
+from data import TRACKS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics"
 OFFICIAL = json.loads((FIXTURE / "official_results.json").read_text())
@@ -187,7 +188,7 @@ def test_layout_named_folders_any_format(tmp_path):
         write(tmp_path / t / "song.flac", sr=44100, channels=2, fmt="FLAC")
     layout, samples, problems = metrics.find_samples(tmp_path)
     assert layout == "named" and list(samples) == ["song"] and problems == []
-    wave, sr = metrics.read_audio(samples["song"]["piano"])
+    wave, sr = data.read_audio(samples["song"]["piano"], sr=None)
     assert wave.ndim == 1 and sr == 44100  # stereo mixed to mono
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import data
 import metrics
 from test_metrics import FIXTURE, SR, click_track
 
@@ -66,7 +67,7 @@ def test_stem_folders_for_any_number_of_tracks(tmp_path, click, n_tracks):
         (tmp_path / f"stem_{i}").mkdir()
         sf.write(str(tmp_path / f"stem_{i}" / "song.wav"), click, SR)
     result = metrics.evaluate(tmp_path, fps=100, workers=2)
-    names = list(metrics.TRACKS) if n_tracks == 4 else [f"stem_{i}" for i in range(n_tracks)]
+    names = list(data.TRACKS) if n_tracks == 4 else [f"stem_{i}" for i in range(n_tracks)]
     assert result["tracks"] == names and list(result["irs"]) == [*names, "mean"]
     check_synchronous(result, n_tracks, n_beats=12)
 

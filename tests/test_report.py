@@ -16,7 +16,7 @@ import soundfile as sf
 import data
 import metrics
 import report
-from metrics import TRACKS
+from data import TRACKS
 
 SR = 16000
 SECONDS = 2.0
