@@ -5,6 +5,7 @@
     python bench.py denoiser --preset paper --batch-size 16 --device cuda   # training it/s and DDIM step time
     python bench.py denoiser --preset toy --batch-size 16                   # the CPU toy model
     python bench.py first-stage [--device cuda]                             # encode/decode per 10.24 s track
+    python bench.py metrics [--pieces 400 --workers 2]                      # files/s at Slakh test scale; grid cost
 
 `paper` runs the real commands a user runs, each in its own process (so each phase's peak RSS is its own): train.py
 (2 steps at batch 1 from a MusicLDM-size first stage with random weights, written as a Lightning-format file),
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+import data
 import metrics
 import synctrack as st
 import train
@@ -188,11 +191,11 @@ def largest_batch(run, start, limit):
 def sampling_numbers(run, args, folder):
     """DDIM sampling of `pieces` pieces plus decode, then metrics.py's beat tracking on the written files."""
     g = torch.Generator(args.device).manual_seed(0)
-    x_T = torch.randn(args.pieces, *run.cfg.latent_shape, generator=g, device=args.device)  # (B, S, C, T, F)
+    z_start = torch.randn(args.pieces, *run.cfg.latent_shape, generator=g, device=args.device)  # (B, S, C, T, F)
     sync(args.device)
     start = time.perf_counter()
     with torch.inference_mode(), run.autocast:
-        z = st.ddim_sample(run.ema_model, x_T, args.ddim_steps, generator=g, progress=False)
+        z = st.ddim_sample(run.ema_model, z_start, args.ddim_steps, generator=g, progress=False)
     audio = run.stage.decode(z.float()).float().cpu().numpy()                 # Eq. (3): (B, S, N)
     sync(args.device)
     sample_seconds = time.perf_counter() - start
@@ -279,9 +282,53 @@ def bench_first_stage(args):
             print(f"  {label:50s} {timed(fn, args.device, args.repeats):8.3f}")
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# bench.py metrics: files/s at the paper's Slakh test scale, the cost of a Table A1 grid, memory as files grow
+
+GRID = {"fps": [100, 150, 200], "tl": [50, 100]}  # six settings, Table A1's rows and the fps-200 / tl-50 corners
+
+
+def evaluate_timed(root, workers, **kwargs):
+    """metrics.evaluate with its wall seconds, CPU seconds (this process and its workers) and peak RSS in GB (this
+    process; the largest worker so far)."""
+    before, start = os.times(), time.perf_counter()
+    result = metrics.evaluate(root, workers=workers, **kwargs)
+    wall, after = time.perf_counter() - start, os.times()
+    cpu = sum(after[i] - before[i] for i in range(4))  # user + system, self + children (workers end with the pool)
+    rss = [resource.getrusage(who).ru_maxrss / 2 ** 20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return result, wall, cpu, rss
+
+
+def bench_metrics(args):
+    """Toy pieces of --seconds (4 tracks each) scored by metrics.evaluate with --workers processes: first a subset of
+    --grid-pieces at one setting, as the 6-setting grid, and the grid again from the --cache of activations; then all
+    --pieces at one setting (files/s at scale, and whether memory grew with the number of files)."""
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="bench_metrics_"))
+    clip = int(round(args.seconds * st.SAMPLE_RATE))
+    sets = {"subset": folder / f"pieces_{args.grid_pieces}", "all": folder / f"pieces_{args.pieces}"}
+    for n, root in ((args.grid_pieces, sets["subset"]), (args.pieces, sets["all"])):
+        if not root.exists():
+            data.write_toy(root, n, clip, seed=7)
+    emit(what="metrics", machine=machine("cpu"), workers=args.workers, seconds_per_track=args.seconds,
+         tracks_per_piece=len(st.TRACKS), folder=str(folder))
+    cache = folder / "activations"  # filled by the grid run (its cost counted there), read by the next one
+    runs = [("one setting", "subset", {}, None), ("grid", "subset", GRID, cache),
+            ("grid from cache", "subset", GRID, cache), ("one setting", "all", {}, None)]
+    single = None
+    for label, which, grid, cached in runs:
+        result, wall, cpu, rss = evaluate_timed(sets[which], args.workers, cache=cached, **grid)
+        files = result["n_samples"] * len(st.TRACKS)
+        single = wall if single is None else single
+        emit(what=label, pieces=result["n_samples"], files=files, settings=len(result.get("grid", [None])),
+             seconds=round(wall, 2), files_per_s=round(files / wall, 2), cpu_s_per_file=round(cpu / files, 3),
+             x_one_setting=round(wall / single, 2) if which == "subset" else None,
+             peak_rss_gb={"main": round(rss[0], 3), "largest_worker": round(rss[1], 3)})
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["paper", "gpu", "denoiser", "first-stage"], help="which benchmark (see above)")
+    p.add_argument("what", choices=["paper", "gpu", "denoiser", "first-stage", "metrics"],
+                   help="which benchmark (see above)")
     p.add_argument("--tiny", action="store_true", help="paper, gpu: the tiny preset and offline first stage (tests)")
     p.add_argument("--preset", default="toy", choices=sorted(st.PRESETS), help="denoiser: model size")
     p.add_argument("--variant", default="paper", choices=["paper", "official"], help="§3 variant of the denoiser")
@@ -290,14 +337,21 @@ def main(argv=None):
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     p.add_argument("--threads", type=int, help="paper: torch CPU threads of each command")
-    p.add_argument("--dir", help="paper: keep the run, samples and logs in this folder (default: a new temp folder)")
+    p.add_argument("--dir", help="paper, metrics: keep the run, pieces and logs in this folder (default: a new temp "
+                                 "folder)")
     p.add_argument("--compile", default="both", choices=["both", "off", "on"],
                    help="gpu: training without and/or with torch.compile")
     p.add_argument("--max-batch", type=int, default=1024, help="gpu: stop the largest-batch search here")
-    p.add_argument("--pieces", type=int, default=16, help="gpu: pieces sampled at once")
+    p.add_argument("--pieces", type=int, help="gpu: pieces sampled at once (16); metrics: pieces scored (400, the "
+                                              "Slakh test set's size)")
+    p.add_argument("--grid-pieces", type=int, default=50, help="metrics: the subset timed at one setting and as a grid")
+    p.add_argument("--seconds", type=float, default=10.24, help="metrics: length of each track")
+    p.add_argument("--workers", type=int, default=2, help="metrics: processes")
     p.add_argument("--ddim-steps", type=int, default=200, help="gpu: DDIM steps (paper: 200)")
     args = p.parse_args(argv)
-    {"paper": bench_paper, "gpu": bench_gpu, "denoiser": bench_denoiser, "first-stage": bench_first_stage}[args.what](args)
+    args.pieces = args.pieces or (400 if args.what == "metrics" else 16)
+    {"paper": bench_paper, "gpu": bench_gpu, "denoiser": bench_denoiser, "first-stage": bench_first_stage,
+     "metrics": bench_metrics}[args.what](args)
 
 
 if __name__ == "__main__":

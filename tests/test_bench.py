@@ -39,3 +39,13 @@ def test_written_first_stage_is_a_musicldm_checkpoint(tmp_path):
     vae, vocoder, scale = st.load_first_stage(tmp_path / "stage.ckpt")  # strict: every tensor of the real shapes
     assert n == sum(p.numel() for m in (vae, vocoder) for p in m.parameters())
     assert scale == st.MUSICLDM_SCALE_FACTOR
+
+
+def test_metrics_benchmark_reports_every_run(tmp_path, capsys):
+    bench.main(["metrics", "--pieces", "2", "--grid-pieces", "1", "--seconds", "2.56", "--workers", "1",
+                "--dir", str(tmp_path)])
+    out = lines(capsys)
+    assert [r["what"] for r in out] == ["metrics", "one setting", "grid", "grid from cache", "one setting"]
+    assert [r["settings"] for r in out[1:]] == [1, 6, 6, 1] and [r["pieces"] for r in out[1:]] == [1, 1, 1, 2]
+    assert all(r["files_per_s"] > 0 and r["peak_rss_gb"]["main"] > 0 for r in out[1:])
+    assert any((tmp_path / "activations").iterdir())                   # the grid filled the cache the next run read
