@@ -59,6 +59,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 4
 
 
+def test_a_lone_spike_is_skipped_and_three_in_a_row_stop(tmp_path, monkeypatch, capsys):
+    calls, loss = {"n": 0}, st.diffusion_loss
+
+    def spiking(at):
+        def diffusion_loss(model, z0, generator=None):  # call k is step k's batch until a batch is skipped
+            calls["n"] += 1
+            return loss(model, z0, generator) * (100.0 if calls["n"] in at else 1.0)
+        return diffusion_loss
+
+    monkeypatch.setattr(st, "diffusion_loss", spiking({103}))
+    train.main(TINY + ["--steps", "105", "--val-every", "1000", "--out", str(tmp_path / "once")])
+    printed = "".join(capsys.readouterr())
+    assert "step 102: loss" in printed and "batch skipped (3 spikes in a row stop the run)" in printed
+    assert [r["step"] for r in log(tmp_path / "once")] == list(range(1, 106))  # went on with the next batch
+    calls["n"] = 0
+    monkeypatch.setattr(st, "diffusion_loss", spiking({103, 104, 105}))
+    with pytest.raises(SystemExit, match=r"step 102: loss .*3 spikes in a row; stopped"):
+        train.main(TINY + ["--steps", "105", "--val-every", "1000", "--out", str(tmp_path / "thrice")])
+
+
 def test_ddp_two_cpu_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
