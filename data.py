@@ -57,7 +57,10 @@ def read_audio(path, sr=SAMPLE_RATE, start=0, stop=None, channels="mean"):
         raise ValueError(f"{path}: empty (0 samples)")
     if not np.isfinite(x).all():
         raise ValueError(f"{path}: contains NaN or infinite samples")
-    x = {"mean": lambda: x.mean(axis=1), "first": lambda: x[:, 0], "all": lambda: x}[channels]()
+    if channels == "mean":
+        x = x.mean(axis=1)                                                # (N, channels) -> (N,)
+    elif channels == "first":
+        x = x[:, 0]
     if sr is None or file_sr == sr:
         return x, file_sr
     g = math.gcd(file_sr, sr)
@@ -69,7 +72,6 @@ def read_audio(path, sr=SAMPLE_RATE, start=0, stop=None, channels="mean"):
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")  # what soundfile reads
 MIX = "mix"  # optional mixture folder / file name, as the official evaluation writes it
-
 
 
 def _unreadable(path):

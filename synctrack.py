@@ -309,10 +309,10 @@ class TimeCrossTrackAttention(nn.Module):
         S, B = self.n_tracks, BS // self.n_tracks
         h = x.reshape(B, S, T, F, C)
         if self.variant == "paper":
-            h = h.permute(0, 2, 1, 3, 4).reshape(B * T, S * F, C)         # (B, S, T, F, C) -> (B*T, S*F, C)
+            h = h.permute(0, 2, 1, 3, 4).reshape(B * T, S * F, C)          # (B, S, T, F, C) -> (B*T, S*F, C)
             h = self.encoder_layer(h).reshape(B, T, S, F, C).permute(0, 2, 1, 3, 4)
             return h.reshape(BS, L, C)                                       # (B, S, T, F, C) -> (B*S, L, C)
-        h = h.permute(0, 2, 3, 1, 4).reshape(B * T * F, S, C)             # (B, S, T, F, C) -> (B*T*F, S, C)
+        h = h.permute(0, 2, 3, 1, 4).reshape(B * T * F, S, C)              # (B, S, T, F, C) -> (B*T*F, S, C)
         h = self.encoder_layer(h).reshape(B, T, F, S, C).permute(0, 3, 1, 2, 4)
         # official variant: the layer already returns x + SA + FFN; adding x once more is the doubled residual
         return x + h.reshape(BS, L, C)
@@ -362,7 +362,7 @@ class TrackSharedTransformer(nn.Module):
         _, C, T, F = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B*S, C, T, F) -> (B*S, L, C), L = T·F
         h = h + self.attn1(self.norm1(h))                          # inner-track attention
-        h = self.cross_track(h, T, F)                             # ② then ③ (Eqs. 4, 5)
+        h = self.cross_track(h, T, F)                              # ② then ③ (Eqs. 4, 5)
         h = h + self.attn2(self.norm2(h))
         h = h + self.ff(self.norm3(h))
         h = h.transpose(1, 2).reshape(x.shape)                     # (B*S, L, C) -> (B*S, C, T, F)
@@ -460,7 +460,7 @@ class SyncTrack(nn.Module):
     def forward(self, z_l, step):
         # z_l: (B, S, C, T, F), step: (B,) diffusion steps l, one per sample, shared by its S tracks
         B, S, C, T, F = z_l.shape
-        x = z_l.reshape(B * S, C, T, F)                                   # (B, S, C, T, F) -> (B*S, C, T, F)
+        x = z_l.reshape(B * S, C, T, F)                                    # (B, S, C, T, F) -> (B*S, C, T, F)
         emb = self.time_embed(timestep_embedding(step, self.config.model_channels)).repeat_interleave(S, dim=0)
         # "added to the time embedding" (§3). Without the prior (Table 6 Backbone) its slot holds zeros, as the official
         # code's commented-out `th.zeros_like(switch_emb)`: every ResBlock keeps MusicLDM's shapes, so it can be initialised
@@ -473,7 +473,7 @@ class SyncTrack(nn.Module):
         x = self.middle_block(x, emb)
         for block in self.output_blocks:
             x = block(torch.cat([x, skips.pop()], dim=1), emb)
-        return self.out(x).reshape(B, S, C, T, F)                         # (B*S, C, T, F) -> (B, S, C, T, F)
+        return self.out(x).reshape(B, S, C, T, F)                          # (B*S, C, T, F) -> (B, S, C, T, F)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -498,7 +498,7 @@ def diffusion_loss(model, z, generator=None):
     step = torch.randint(0, len(alpha_bar), (z.shape[0],), device=z.device, generator=generator)
     noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
     z_l = q_sample(z, step, noise, alpha_bar)
-    return nnf.mse_loss(model(z_l, step).float(), noise.float())  # Eq. (2): ||ε − ε_θ(z_l, l)||²
+    return nnf.mse_loss(model(z_l, step).float(), noise.float())   # Eq. (2): ||ε − ε_θ(z_l, l)||²
 
 
 def ddim_timesteps(n_timesteps, steps):
