@@ -49,7 +49,7 @@ DEFAULTS = dict(
 # rate, a shorter warm-up and EMA, and smaller batches than fine-tuning from MusicLDM (issue: 30 minutes on 2 cores).
 PRESET_DEFAULTS = {
     "paper": dict(),
-    "toy": dict(lr=3e-4, warmup=200, ema=0.999, batch_size=8, steps=8000, val_every=1000, ckpt_every=1000,
+    "toy": dict(lr=3e-4, warmup=200, ema=0.999, batch_size=8, steps=20000, val_every=1000, ckpt_every=1000,
                 toy_songs=1024),
     "tiny": dict(lr=1e-3, warmup=50, ema=0.99, batch_size=4, steps=200, toy_songs=32),
 }
