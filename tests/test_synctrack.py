@@ -1,5 +1,6 @@
 """The denoiser, the diffusion loss, DDIM and checkpoint loading (issue: synctrack.py core)."""
 import pathlib
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -362,3 +363,16 @@ def test_our_checkpoint_rebuilds_from_its_config(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x, t), model(x, t))
     assert not (tmp_path / "ckpt.pt.tmp").exists()
+
+
+def test_config_derives_the_latent_grid_and_reads_older_checkpoint_configs():
+    assert st.SyncTrackConfig().latent_shape == (4, 8, 256, 16)              # 163840 / 160 / 4, 64 / 4
+    assert st.SyncTrackConfig(**st.PRESETS["toy"]).latent_shape == (4, 8, 32, 8)  # 40960 / 160 / 8, 64 / 8
+    # a config as checkpoints stored it before 2026-12-02: T, F and sample_rate given, no latent_downsampling
+    old = {**asdict(st.SyncTrackConfig(**st.PRESETS["toy"])), "sample_rate": 16000}
+    del old["latent_downsampling"]
+    assert st.SyncTrackConfig.from_dict(old) == st.SyncTrackConfig(**st.PRESETS["toy"])
+    with pytest.raises(ValueError, match="does not match clip_samples"):
+        st.SyncTrackConfig(latent_time=128)
+    with pytest.raises(ValueError, match="only 16 kHz"):
+        st.SyncTrackConfig.from_dict({**old, "sample_rate": 44100})
