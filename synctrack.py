@@ -1323,15 +1323,16 @@ def official_to_ours(key):
     return key
 
 
-def load_official(model, src, ema=True, trust=False):
-    """Load a SyncTrack or MusicLDM Lightning checkpoint (path or loaded dict) into `model`; returns a report dict.
+def load_official(model, src, ema=True, trust=False, name=None):
+    """Load a SyncTrack or MusicLDM Lightning checkpoint (path, or loaded dict and its `name` for errors) into `model`;
+    returns a report dict.
 
     UNet tensors are `state_dict["model.diffusion_model.<key>"]`; with ema=True the EMA shadow
     `model_ema.<"diffusion_model."+key without dots>` is preferred where present (the official code samples with it).
     Keys are mapped by OFFICIAL_KEY_MAP and shape-checked. For a MusicLDM checkpoint the SyncTrack-new tensors
     (SYNCTRACK_NEW) are reported as newly initialised; anything else missing, unexpected or misshapen raises KeyError.
     The released SyncTrack weights need SyncTrackConfig(variant="official")."""
-    name = src if isinstance(src, str) else "checkpoint"
+    name = src if isinstance(src, str) else name or "checkpoint"
     state = src if isinstance(src, dict) else read_checkpoint(src, trust)
     state = state.get("state_dict", state)
     prefix = "model.diffusion_model."

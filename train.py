@@ -4,6 +4,7 @@
     python train.py --data slakh/ --init ckpt/musicldm-ckpt.ckpt --trust   # the paper: fine-tune from MusicLDM
     torchrun --nproc_per_node 8 train.py --data slakh/ --init ...    # several GPUs (or nodes) with DDP
     python train.py --resume runs/toy [--steps N]                    # continue exactly where a run stopped
+    python train.py --preset toy --init checkpoints/synctrack_toy.pt --out runs/more   # continue from shipped weights
     python train.py --stage vae --preset toy                         # the toy first stage (a small MusicLDM-style VAE)
 
 One step: batch of waveforms (B, S, N) → frozen first stage → latents z (B, S, C, T, F) → ε-loss of Eq. (2) →
@@ -90,7 +91,9 @@ def parse_args(argv=None):
                         "--export file")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (its ckpt.pt) exactly; only "
                                                   "--steps, --device, --threads, --workers and --export may change")
-    p.add_argument("--init", metavar="CKPT", help="MusicLDM (or SyncTrack) Lightning checkpoint: UNet and first stage")
+    p.add_argument("--init", metavar="CKPT", help="start from these weights with a fresh optimiser: a MusicLDM or "
+                   "SyncTrack Lightning checkpoint (UNet and first stage), or one of ours (a run's ckpt.pt or an "
+                   "--export file, e.g. the shipped toy model; its config must match the model asked for)")
     p.add_argument("--first-stage", metavar="PATH", help="MusicLDM first-stage weights, a toy VAE (a --stage vae run's "
                    "ckpt.pt or a toy checkpoint; toy default: checkpoints/synctrack_toy.pt), or 'offline' (no weights)")
     p.add_argument("--trust", action="store_true", help="allow pickled checkpoints (Lightning) to be unpickled")
@@ -202,9 +205,12 @@ def model_config(args):
     return st.SyncTrackConfig(**{**st.PRESETS[args.preset], **overrides})
 
 
-def build_first_stage(args, cfg):
-    """The frozen first stage (Eq. 1), and the config with its latent grid made to match that stage."""
-    spec = args.first_stage or args.init or {"offline": "offline", "toy-vae": TOY_FIRST_STAGE}.get(cfg.first_stage)
+def build_first_stage(args, cfg, init=None):
+    """The frozen first stage (Eq. 1), and the config with its latent grid made to match that stage. `init` (the
+    --init checkpoint, loaded) supplies it unless it is one of ours without one (an offline-stage run)."""
+    stage_in_init = init is not None and ("config" not in init or "first_stage" in init)
+    spec = (args.first_stage or (args.init if stage_in_init else None)
+            or {"offline": "offline", "toy-vae": TOY_FIRST_STAGE}.get(cfg.first_stage))
     if spec is None:
         raise SystemExit(f"preset {args.preset!r} diffuses MusicLDM latents: give --init musicldm-ckpt.ckpt or "
                          f"--first-stage PATH (MusicLDM weights), or --first-stage offline")
@@ -284,16 +290,15 @@ def setup(args, ckpt=None):
     distributed, rank = init_distributed(args)
     torch.manual_seed(args.seed + rank)
     cfg = st.SyncTrackConfig.from_dict(ckpt["config"]) if ckpt else model_config(args)
-    stage, cfg = build_first_stage(args, cfg)
+    init = read_init(args.init, args.trust) if args.init and not ckpt else None
+    stage, cfg = build_first_stage(args, cfg, init)
     stage = stage.to(args.device).eval()  # important: frozen, never trained (§3), and without dropout
     model = st.SyncTrack(cfg).to(args.device)
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)  # no gradients, no optimiser state: one copy
-    if args.init and not ckpt:  # as the official code: raw weights to train, the EMA shadow to the EMA
-        report = st.load_official(model, args.init, ema=False, trust=args.trust)
-        st.load_official(ema_model, args.init, ema=True, trust=args.trust)
+    if init is not None:
+        report = init_weights(init, args.init, model, ema_model)
         if rank == 0:
-            print(f"init from {args.init}: {report['loaded']} tensors, {len(report['new'])} new SyncTrack tensors, "
-                  f"ignored {report['ignored']}" + (f"\nwarning: {report['warning']}" if report["warning"] else ""))
+            print(f"init from {args.init}: {report}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     if args.compile:
@@ -304,6 +309,33 @@ def setup(args, ckpt=None):
     if ckpt:
         restore(run, ckpt)
     return run
+
+
+def read_init(path, trust):
+    try:
+        return st.read_checkpoint(path, trust)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"--init {path}: cannot read it ({err})") from None
+
+
+def init_weights(state, path, model, ema_model):
+    """--init: raw weights to train, EMA weights to the EMA (as the official code); returns a line for the log.
+
+    Our own checkpoints (a run's ckpt.pt, or an --export file whose one set of weights is the EMA) must hold the config
+    of `model`; a Lightning checkpoint is mapped by load_official."""
+    if not ("config" in state and "model" in state):
+        report = st.load_official(model, state, ema=False, name=path)
+        st.load_official(ema_model, state, ema=True, name=path)
+        return (f"{report['loaded']} tensors, {len(report['new'])} new SyncTrack tensors, ignored {report['ignored']}"
+                + (f"\nwarning: {report['warning']}" if report["warning"] else ""))
+    theirs, ours = dataclasses.asdict(st.SyncTrackConfig.from_dict(state["config"])), dataclasses.asdict(model.config)
+    differ = [f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if theirs[k] != ours[k]]
+    if differ:
+        raise SystemExit(f"--init {path}: its model differs from the one asked for ({'; '.join(differ)}): "
+                         f"use the preset and flags it was trained with")
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    ema_model.load_state_dict({k: v.float() for k, v in (state.get("ema") or state["model"]).items()})
+    return f"SyncTrack weights of step {state.get('step')}, fresh optimiser from step 0"
 
 
 def restore(run, ckpt):

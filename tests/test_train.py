@@ -190,3 +190,20 @@ def test_resume_of_a_folder_without_a_training_checkpoint_says_so(tmp_path):
     torch.save({"config": {}, "model": {}}, tmp_path / "ckpt.pt")   # what --export writes
     with pytest.raises(SystemExit, match=r"is not a training checkpoint"):
         train.main(["--resume", str(tmp_path)])
+
+
+def test_init_from_our_checkpoints_starts_a_new_run_from_their_weights(tmp_path):
+    run = tmp_path / "run"
+    train.main(TINY + ["--steps", "3", "--val-every", "100", "--out", str(run), "--export", str(tmp_path / "a.pt")])
+    trained = torch.load(run / "ckpt.pt", weights_only=True)
+    train.main(TINY + ["--steps", "0", "--init", str(run / "ckpt.pt"), "--out", str(tmp_path / "from_run")])
+    new = torch.load(tmp_path / "from_run" / "ckpt.pt", weights_only=True)
+    assert new["step"] == 0 and not new["optimizer"]["state"]                      # a fresh optimiser
+    for part in ("model", "ema"):                                                  # raw to raw, EMA to EMA
+        assert all(torch.equal(new[part][k], trained[part][k]) for k in trained[part]), part
+    train.main(TINY + ["--steps", "0", "--init", str(tmp_path / "a.pt"), "--out", str(tmp_path / "from_export")])
+    new = torch.load(tmp_path / "from_export" / "ckpt.pt", weights_only=True)
+    for part in ("model", "ema"):                                                  # the export holds the EMA only
+        assert all(torch.equal(new[part][k], trained["ema"][k].half().float()) for k in trained["ema"]), part
+    with pytest.raises(SystemExit, match=r"--init .*a.pt: its model differs .*time_attention True there, False here"):
+        train.main(TINY + ["--no-time", "--steps", "0", "--init", str(tmp_path / "a.pt"), "--out", str(tmp_path / "x")])
