@@ -207,3 +207,31 @@ def test_init_from_our_checkpoints_starts_a_new_run_from_their_weights(tmp_path)
         assert all(torch.equal(new[part][k], trained["ema"][k].half().float()) for k in trained["ema"]), part
     with pytest.raises(SystemExit, match=r"--init .*a.pt: its model differs .*time_attention True there, False here"):
         train.main(TINY + ["--no-time", "--steps", "0", "--init", str(tmp_path / "a.pt"), "--out", str(tmp_path / "x")])
+
+
+def test_init_from_a_lightning_checkpoint_takes_raw_weights_and_the_ema_shadow(tmp_path, monkeypatch):
+    """The paper's start (--init musicldm-ckpt.ckpt) at small size: the official UNet fixture
+    (tests/fixtures/unet_official_small.pt) as a Lightning checkpoint whose raw and EMA weights differ, and the official
+    first-stage fixture (first_stage_official_small.pt) as its first stage."""
+    fixtures = ROOT / "tests" / "fixtures"
+    ref = torch.load(fixtures / "unet_official_small.pt", weights_only=False)
+    fs = torch.load(fixtures / "first_stage_official_small.pt", weights_only=False)
+    vae = st.AutoencoderKL(fs["vae_ddconfig"], fs["vae_ddconfig"]["z_channels"])
+    vae.load_state_dict({k: v.float() for k, v in fs["vae_ckpt"]["state_dict"].items()})
+    vocoder = st.HiFiGAN(fs["hifigan_config"])
+    vocoder.load_state_dict({k: v.float() for k, v in st.fold_weight_norm(fs["hifigan_ckpt"]["generator"]).items()})
+    monkeypatch.setattr(st, "make_first_stage", lambda spec, trust=False: st.MusicLDMFirstStage(vae, vocoder, 1.0))
+    monkeypatch.setattr(train, "model_config",
+                        lambda args: st.SyncTrackConfig.from_official(ref["unet_config"], first_stage="musicldm",
+                                                                       clip_samples=40960))
+    prefix, key = "model.diffusion_model.", "input_blocks.0.0.weight"
+    shadow = {"model_ema." + ("diffusion_model." + k[len(prefix):]).replace(".", ""): v
+              for k, v in ref["state_dict"].items()}
+    raw = {**ref["state_dict"], prefix + key: ref["state_dict"][prefix + key] + 1}
+    torch.save({"state_dict": {**raw, **shadow}}, tmp_path / "lightning.ckpt")
+    train.main(["--preset", "tiny", "--init", str(tmp_path / "lightning.ckpt"), "--trust", "--steps", "0",
+                "--toy-songs", "2", "--batch-size", "1", "--threads", "2", "--out", str(tmp_path / "run")])
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert torch.equal(ckpt["model"][key], ref["state_dict"][prefix + key] + 1)   # raw weights to train
+    assert torch.equal(ckpt["ema"][key], ref["state_dict"][prefix + key])         # the EMA shadow to the EMA
+    assert len(ckpt["model"]) == len(ref["state_dict"])
