@@ -31,9 +31,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-import data
 import metrics
 import synctrack as st
+import toy
 import train
 
 ROOT = Path(__file__).resolve().parent
@@ -195,7 +195,7 @@ def sampling_numbers(run, args, folder):
     sync(args.device)
     start = time.perf_counter()
     with torch.inference_mode(), run.autocast:
-        z = st.ddim_sample(run.ema_model, z_start, args.ddim_steps, generator=g, progress=False)
+        z = st.ddim_sample(run.ema_model, z_start, args.ddim_steps, generator=g)
     audio = run.stage.decode(z.float()).float().cpu().numpy()                 # Eq. (3): (B, S, N)
     sync(args.device)
     sample_seconds = time.perf_counter() - start
@@ -270,7 +270,7 @@ def bench_first_stage(args):
     wave = torch.rand(1, 1, n, device=args.device) - 0.5               # (B, S, N)
     musicldm = st.MusicLDMFirstStage(st.AutoencoderKL(st.MUSICLDM_DDCONFIG, st.MUSICLDM_EMBED_DIM),
                                      st.HiFiGAN(st.HIFIGAN_16K_64), st.MUSICLDM_SCALE_FACTOR).to(args.device)
-    offline = st.OfflineFirstStage().to(args.device)
+    offline = toy.OfflineFirstStage().to(args.device)
     print(f"seconds per 10.24 s track (median of {args.repeats}); {args.device}: {machine(args.device)}")
     with torch.inference_mode():
         z, z_off = musicldm.encode(wave), offline.encode(wave)
@@ -308,7 +308,7 @@ def bench_metrics(args):
     sets = {"subset": folder / f"pieces_{args.grid_pieces}", "all": folder / f"pieces_{args.pieces}"}
     for n, root in ((args.grid_pieces, sets["subset"]), (args.pieces, sets["all"])):
         if not root.exists():
-            data.write_toy(root, n, clip, seed=7)
+            toy.write_toy(root, n, clip, seed=7)
     emit(what="metrics", machine=machine("cpu"), workers=args.workers, seconds_per_track=args.seconds,
          tracks_per_piece=len(st.TRACKS), folder=str(folder))
     cache = folder / "activations"  # filled by the grid run (its cost counted there), read by the next one

@@ -10,8 +10,6 @@ Map of the file:
   atomic_write    every file this repo writes: temporary name + rename, cleaned up and named on failure
   output_folder   a result folder is new, empty, or replaced whole (--overwrite); finish_output swaps it in
   write_piece     one piece in the official layout: stem_0..stem_3, named links, mix (sample.py, `python data.py`)
-  toy_song        a procedural 4-track song, deterministic by seed (tests, CPU demo, rhythm ground truth)
-  ToyDataset      clips of toy songs held in memory
   SlakhDataset    clips of Slakh2100 in either layout, decoded once into a cache and memory-mapped (§5.1, App. A)
   ClipSampler     shuffle + shard + epoch-dependent random offsets, resumable mid-epoch
   make_loader     the DataLoader train.py uses
@@ -33,7 +31,7 @@ import torch
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from synctrack import SAMPLE_RATE, TRACKS, make_first_stage  # TRACKS[s] is track s of every item
+from synctrack import SAMPLE_RATE, TRACKS  # TRACKS[s] is track s of every item
 
 SLAKH_CLASSES = ("Bass", "Drums", "Guitar", "Piano")  # Slakh metadata `inst_class` of each track, same order
 
@@ -277,108 +275,11 @@ def write_piece(out, name, waves, sr=SAMPLE_RATE):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Toy songs: drums, bass, guitar-like plucks and piano-like chords over one tempo and meter
-
-
-def _tempo(rng):
-    """First draws of every toy song, so toy_tempo can recover them without rendering."""
-    bpm = rng.uniform(105, 145)  # slower songs get double tempo from madmom on ~4% of 10 s tracks; these get none
-    beats_per_bar = int(rng.choice([3, 4], p=[0.25, 0.75]))
-    return bpm, beats_per_bar
-
-
-def toy_tempo(seed):
-    """(bpm, beats_per_bar) of toy_song(seed): the ground truth for beat-tracking checks. Beat k is at k·60/bpm s."""
-    return _tempo(np.random.default_rng(seed))
-
-
-def _tone(midi, seconds, decay, bright, sr):
-    """A struck/plucked tone: harmonics 1/k·bright^k, higher ones dying faster, 1.5 ms attack for a crisp onset."""
-    f0 = 440.0 * 2 ** ((midi - 69) / 12)
-    t = np.arange(int(seconds * sr), dtype=np.float32) / sr
-    k = np.arange(1, 9, dtype=np.float32)[:, None]
-    k = k[k[:, 0] * f0 < sr / 2]  # stay below Nyquist
-    x = (bright ** k / k * np.sin(2 * np.pi * k * f0 * t) * np.exp(-decay * np.sqrt(k) * t)).sum(0)
-    x *= np.minimum(1, t / 0.0015) * np.minimum(1, (t[-1] - t) / 0.01)  # attack ramp, 10 ms fade-out at the cut
-    return x / np.abs(x).max()
-
-
-def toy_song(seed, seconds, sr=SAMPLE_RATE):
-    """A random 4-track song, float32 (S, N), deterministic by seed.
-
-    One tempo (105-145 BPM), meter (3/4 or 4/4), key and 4-bar chord loop per song. Every pitched track strikes every beat
-    (plus random off-beats) and the drums play kick/snare/hat patterns, so a beat tracker finds the beat in each track alone.
-    """
-    rng = np.random.default_rng(seed)
-    bpm, meter = _tempo(rng)
-    n = int(round(seconds * sr))
-    beat = 60 / bpm
-    key = int(rng.integers(36, 48))  # tonic of the bass register, C2..B2
-    scale = [0, 2, 4, 5, 7, 9, 11] if rng.random() < 0.5 else [0, 2, 3, 5, 7, 8, 10]  # major or natural minor
-    chords = [0] + list(rng.choice([1, 2, 3, 4, 5], size=3))  # scale degrees, one chord per bar
-
-    def pitch(degree, octave):  # MIDI note of a scale degree (may exceed 7) in an octave above the key
-        return key + 12 * (octave + degree // 7) + scale[degree % 7]
-
-    t = np.arange(int(0.3 * sr)) / sr
-    noise = rng.standard_normal(len(t))
-    kick = np.sin(2 * np.pi * np.cumsum(45 + 90 * np.exp(-t / 0.03)) / sr) * np.exp(-t / 0.1)
-    snare = (0.7 * noise + 0.5 * np.sin(2 * np.pi * 190 * t)) * np.exp(-t / 0.05)
-    hat = np.diff(noise, prepend=0) * np.exp(-t / 0.012)  # first difference = crude high-pass
-    out = np.zeros((len(TRACKS), n))  # (S, N)
-
-    def hit(s, wave, start, gain):
-        i = int(round(start * sr))
-        if i < n:
-            m = min(len(wave), n - i)
-            out[s, i:i + m] += gain * wave[:m]
-
-    # Per-song patterns on a 16th-note grid (4 steps per beat): which off-beat eighths also get a hit. They stay sparse and
-    # soft: denser or louder off-beats make madmom lock onto eighth notes (double tempo) in the slower songs.
-    steps = 4 * meter
-    extra_kick, extra_hat, extra_bass = rng.random(steps) < 0.1, rng.random(steps) < 0.35, rng.random(steps) < 0.3
-    extra_guitar, extra_piano = rng.random(steps) < 0.35, rng.random(steps) < 0.2
-    snares = {1, 3} if meter == 4 else {1, 2}
-    tones = {}  # cache: the same note is rendered once per song
-
-    def note(s, midi, start, gain):
-        length, decay, bright = {0: (beat, 6, 0.7), 2: (2 * beat, 9, 0.85), 3: (beat, 3, 0.6)}[s]
-        if (s, midi) not in tones:
-            tones[s, midi] = _tone(midi, length, decay, bright, sr)
-        hit(s, tones[s, midi], start, gain)
-
-    for bar in range(int(seconds / (meter * beat)) + 1):
-        degree = chords[bar % 4]
-        triad = [degree, degree + 2, degree + 4]
-        for step in range(steps):
-            start = (bar * steps + step) * beat / 4
-            on_beat, eighth = step % 4 == 0, step % 2 == 0
-            gain = (1.0 if step == 0 else 0.8 if on_beat else 0.4) * rng.uniform(0.9, 1.0)  # accent the downbeat
-            if step == 0 or (meter == 4 and step == 8) or (eighth and extra_kick[step]):
-                hit(1, kick, start, gain)
-            if on_beat and step // 4 in snares:
-                hit(1, snare, start, 0.9 * gain)
-            if on_beat or (eighth and extra_hat[step]):
-                hit(1, hat, start, 0.25 * gain)
-            if on_beat or (eighth and extra_bass[step]):
-                note(0, pitch(degree + (4 if not on_beat else 0), 0), start, gain)
-            if on_beat or (eighth and extra_guitar[step]):
-                note(2, pitch(triad[step // 2 % 3], 2), start, 0.8 * gain)
-            if on_beat or (eighth and extra_piano[step]):
-                for d in triad:
-                    note(3, pitch(d, 3), start, gain / 3)
-
-    # Each track to a fixed peak (keeps the usual balance), then one gain for all so the mixture never clips.
-    out *= np.array([0.45, 0.5, 0.3, 0.35])[:, None] / np.abs(out).max(axis=1, keepdims=True)
-    out *= min(1.0, 0.95 / np.abs(out.sum(0)).max())
-    return out.astype(np.float32)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Datasets: songs of shape (S, N) cut into clips of c samples
 
 
-class _Clips(torch.utils.data.Dataset):
+class Clips(torch.utils.data.Dataset):
     """Clips of `clip_samples` from songs (S, N): validation uses a fixed grid, training a random offset per draw.
 
     Training items are looked up by key = epoch·len + i (see ClipSampler): the offset is a function of (seed, key) only,
@@ -400,24 +301,6 @@ class _Clips(torch.utils.data.Dataset):
             offset = int(rng.integers(0, self.lengths[song] - self.clip_samples + 1))
         clip = self.song(song)[:, offset:offset + self.clip_samples]  # (S, c)
         return torch.from_numpy(np.array(clip, dtype=np.float32))
-
-
-class ToyDataset(_Clips):
-    """Clips of `n_songs` toy songs of `song_clips`·clip_samples samples, generated once and held in memory.
-
-    Training and validation songs differ for the same seed (the `train` flag is part of each song's seed).
-    """
-
-    def __init__(self, n_songs, clip_samples, seed=0, train=True, song_clips=2):
-        self.clip_samples, self.seed, self.train = clip_samples, seed, train
-        seeds = np.random.SeedSequence([seed, int(train)]).generate_state(n_songs)
-        self.song_seeds = [int(s) for s in seeds]
-        self.songs = np.stack([toy_song(s, song_clips * clip_samples / SAMPLE_RATE) for s in self.song_seeds])
-        self._index([self.songs.shape[-1]] * n_songs)
-        self.report = {"songs": n_songs, "kept": n_songs, "clips": len(self.clips), "dropped": [], "notes": []}
-
-    def song(self, k):
-        return self.songs[k]
 
 
 def _slakh_stems(path):
@@ -463,7 +346,7 @@ def _fingerprint(paths):
     return h.hexdigest()[:16]
 
 
-class SlakhDataset(_Clips):
+class SlakhDataset(Clips):
     """Clips of Slakh2100 songs, found per song in either layout (§5.1, App. A):
 
     (a) MSDM 4-stem release, any sample rate:  root/<split>/TrackXXXXX/{bass,drums,guitar,piano}.wav
@@ -613,56 +496,11 @@ def make_loader(dataset, batch_size, train, workers=2, distributed=False, seed=0
         generator=torch.Generator().manual_seed(seed))  # worker seeds from here, not from the global RNG (exact resume)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Command line: write toy clips as files, e.g. the ground truth that metrics.py scores
-
-
-def write_toy(out, n, clip_samples, seed=0, first_stage=None, overwrite=False):
-    """Write n validation clips of ToyDataset as pieces toy_NNNN in sample.py's layout (write_piece), refusing a
-    non-empty `out` unless overwrite (output_folder). With a first stage, each clip goes through encode → decode first
-    (what its latents can at best give back)."""
-    folder = output_folder(out, overwrite)
-    clips = ToyDataset(n_songs=math.ceil(n / 2), clip_samples=clip_samples, seed=seed, train=False)
-    stage = make_first_stage(first_stage) if first_stage else None
-    try:
-        for i in tqdm(range(n), "writing", unit="clip", leave=False, disable=None):
-            wave = clips[i]                                                 # (S, c)
-            if stage is not None:
-                wave = stage.decode(stage.encode(wave[None], sample=False))[0]
-            write_piece(folder, f"toy_{i:04d}", wave.numpy())
-    except BaseException:
-        if folder != pathlib.Path(out).absolute():  # a half-written replacement is ours to remove; `out` is untouched
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-    finish_output(folder, out)
-
-
-def main(argv=None):
-    import argparse
-    p = argparse.ArgumentParser(description="Write toy validation clips (the toy model's ground truth) in sample.py's "
-                                            "layout: stem_0..stem_3, bass/drums/guitar/piano links, mix.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("out", help="output folder: absent or empty, or replaced whole with --overwrite")
-    p.add_argument("--n", type=int, default=16, help="how many clips")
-    p.add_argument("--clip-samples", type=int, default=40960, help="samples per clip (the toy preset's 2.56 s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation songs (ToyDataset)")
-    p.add_argument("--first-stage", help="'offline' (or weights): write encode → decode round trips instead")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT (only once the new one is whole)")
-    args = p.parse_args(argv)
-    if args.n < 1 or args.clip_samples < 1:
-        raise SystemExit(f"--n and --clip-samples must be at least 1; got {args.n} and {args.clip_samples}")
-    try:
-        write_toy(args.out, args.n, args.clip_samples, args.seed, args.first_stage, args.overwrite)
-    except OSError as e:  # a non-empty OUT, a full disk: one line naming the folder or file
-        raise SystemExit(str(e)) from None
-    print(f"wrote {args.n} toy clips to {args.out}/ (stem_0..stem_3, bass/drums/guitar/piano, mix)")
-
-
 class EncodedClips(torch.utils.data.Dataset):
     """The grid clips of a ToyDataset or SlakhDataset, kept as their first-stage posterior: item (2, S, C, T, F) =
     [mean, std] of the scaled latent, so a training step draws z = mean + std·ε (what stage.encode(sample=True) draws)
     without running the encoder again. For a learned first stage on a CPU, where the encoder costs more than a toy
-    denoiser step. The clips are fixed (no random offsets); training keys wrap around as in _Clips."""
+    denoiser step. The clips are fixed (no random offsets); training keys wrap around as in Clips."""
 
     def __init__(self, dataset, stage, batch_size=32, device="cpu"):
         c = dataset.clip_samples
@@ -680,6 +518,3 @@ class EncodedClips(torch.utils.data.Dataset):
     def __getitem__(self, key):
         return self.posteriors[key % len(self.posteriors)]
 
-
-if __name__ == "__main__":
-    main()

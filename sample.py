@@ -38,10 +38,11 @@ from tqdm import tqdm
 import data
 import metrics
 import synctrack as st
+import toy
 
 DEFAULT_CKPT = Path(__file__).parent / "checkpoints" / "synctrack_toy.pt"
 # What decides the pieces (with the checkpoint's content, ckpt_sha256): --resume requires these unchanged.
-PIECE_KEYS = ("n", "seed", "steps", "eta", "no_clip", "raw", "unet_config", "first_stage", "given", "given_dir", "keep")
+PIECE_KEYS = ("n", "seed", "steps", "eta", "raw", "unet_config", "first_stage", "given", "given_dir", "keep")
 MAX_PEAK = 10.0  # a given stem peaking 20 dB over full scale is mis-scaled (e.g. integer samples stored as floats)
 
 
@@ -63,8 +64,6 @@ def parse_args(argv=None):
                    help="official checkpoints only: the official unet_config (JSON file) when it is not the paper's")
     p.add_argument("--steps", type=int, default=200, help="DDIM steps, 1..999 (paper: 200)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM η ≥ 0 (official: 1.0; 0 = deterministic DDIM)")
-    p.add_argument("--no-clip", action="store_true",
-                   help="offline first stage: do not clamp DDIM's predicted z_0 into the latent range")
     p.add_argument("--seed", type=int, default=0,
                    help="piece i is drawn from (seed, i) alone: other seeds never repeat it")
     p.add_argument("--batch-size", type=int, default=16,
@@ -147,11 +146,11 @@ def load(args):
     except Exception as e:  # the boundary between a user's file and our code: say which file and why, no traceback
         raise SystemExit(f"--ckpt {args.ckpt}: cannot load it ({type(e).__name__}: {one_line(e)})") from None
     if model.config.first_stage == "offline":
-        stage = st.make_first_stage("offline")
+        stage = toy.make_first_stage("offline")
     elif args.first_stage or "state_dict" in ckpt or "first_stage" in ckpt:  # MusicLDM weights or our toy VAE
         spec = args.first_stage or args.ckpt
         try:
-            stage = st.make_first_stage(spec, trust=args.trust)
+            stage = toy.make_first_stage(spec, trust=args.trust)
         except Exception as e:
             raise SystemExit(f"--first-stage {spec}: cannot load it ({type(e).__name__}: {one_line(e)})") from None
     else:
@@ -168,7 +167,7 @@ def build_model(args, ckpt):
         return model, ckpt.get("scale_factor")
     # an official Lightning checkpoint: the official variant, EMA weights, the paper config unless told
     unet_config = json.loads(Path(args.config).read_text()) if args.config else None
-    model = st.SyncTrack(st.SyncTrackConfig.from_official(unet_config) if unet_config
+    model = st.SyncTrack(st.official_config(unet_config) if unet_config
                          else st.SyncTrackConfig(variant="official"))
     report = st.load_official(model, ckpt, ema=not args.raw)
     print(f"{args.ckpt}: {report['loaded']} official tensors ({report['source']} weights)")
@@ -281,8 +280,7 @@ def denoise(model, stage, args, indices, stems, progress):
         known = torch.cat([stage.encode(waves[b:b + 1], sample=True, generator=g) for b, g in enumerate(gens)])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     with autocast:
-        z = st.ddim_sample(model, z_start, args.steps, args.eta, known, mask, generator=gens, progress=progress,
-                           x0_range=None if args.no_clip else getattr(stage, "latent_range", None))
+        z = st.ddim_sample(model, z_start, args.steps, args.eta, known, mask, generator=gens)
     return z.float(), mask, waves
 
 

@@ -1,34 +1,30 @@
-"""SyncTrack, minimal: one readable file beside the paper.
+"""SyncTrack, minimal: the paper in one file you read beside it.
 
 "SyncTrack: Rhythmic Stability and Synchronization in Multi-Track Music Generation" (Wang, Zhang et al., ICLR 2026).
-SyncTrack is a 4-track (bass, drums, guitar, piano) latent diffusion model on top of MusicLDM. A UNet denoiser
-processes each track's latent with track-shared modules (ResBlock + inner-track, global cross-track and time-specific
-cross-track attention) and track-specific modules conditioned on a learnable instrument prior.
+A 4-track (bass, drums, guitar, piano) latent diffusion model on top of MusicLDM: a UNet denoiser processes each track's
+latent with track-shared modules (ResBlock + inner-track, global cross-track and time-specific cross-track attention)
+and track-specific modules conditioned on a learnable instrument prior.
 
-The file has three parts; Part I is the paper and reads on its own.
-  I.  The paper (§3), top to bottom
-    config ............................ SyncTrackConfig, PRESETS (Table A3, §5.1, official config)
-    embeddings ........................ timestep_embedding, InstrumentPrior (§3 "Track-specific modules")
-    ResBlock .......................... ResBlock, Downsample, Upsample (Fig. 3b)
-    attention ......................... Attention (inner-track), GlobalCrossTrackAttention (Eq. 4),
-                                        TimeCrossTrackAttention (Eq. 5), TrackSharedTransformer (Fig. 3a)
-    modules ........................... TrackSpecificModule, TrackSharedModule (Fig. 2b, Table A3)
-    denoiser .......................... SyncTrack: ε_θ({z_l^s}, l)
-    diffusion ......................... q_sample, diffusion_loss (Eq. 2), ddim_sample (DDIM, App. A.8 arrangement)
-  II. The MusicLDM first stage: waveform <-> latent (Eqs. 1 and 3 use it as a frozen black box)
-    audio front end ................... log_mel, mel_filterbank ("STFT & MelFB")
-    VAE ............................... AutoencoderKL (MusicLDM's VAE_enc / VAE_dec; TOY_VAE_DDCONFIG for the toy)
-    vocoder ........................... HiFiGAN
-    first stages ...................... MusicLDMFirstStage (VAE + HiFiGAN, or + GriffinLim for the toy), GriffinLim,
-                                        OfflineFirstStage (no weights), make_first_stage
-    loading the first stage ........... load_first_stage (Lightning, vae/hifigan-ckpt, diffusers, our own record)
+  I.  The paper (§3), standing on its own
+    config ............ SyncTrackConfig, PRESETS (Table A3, §5.1, official config)
+    embeddings ........ timestep_embedding, InstrumentPrior (§3 "Track-specific modules")
+    ResBlock .......... ResBlock, Downsample, Upsample (Fig. 3b)
+    attention ......... Attention (inner-track), GlobalCrossTrackAttention (Eq. 4), TimeCrossTrackAttention (Eq. 5),
+                        TrackSharedTransformer (Fig. 3a)
+    modules ........... TrackSpecificModule, TrackSharedModule (Fig. 2b, Table A3)
+    denoiser .......... SyncTrack: ε_θ({z_l^s}, l)
+    diffusion ......... q_sample, diffusion_loss (Eq. 2), ddim_sample (DDIM, App. A.8 arrangement)
+  II. The MusicLDM first stage, waveform <-> latent (Eqs. 1 and 3 use it as a frozen black box)
+    front end ......... log_mel, mel_filterbank ("STFT & MelFB")
+    VAE, vocoder ...... AutoencoderKL (VAE_enc / VAE_dec), HiFiGAN
+    first stage ....... MusicLDMFirstStage; load_first_stage (Lightning .ckpt, or vae-ckpt + hifigan-ckpt)
   III. Checkpoints
-    reading a file .................... read_checkpoint (safe by default; pickles only with trust=True)
-    official UNet weights ............. OFFICIAL_KEY_MAP, load_official
-    our checkpoints ................... save_checkpoint, write_checkpoint, export_checkpoint, load_model
+    read_checkpoint (safe by default), OFFICIAL_KEY_MAP + load_official (the released weights),
+    save_checkpoint, write_checkpoint, export_checkpoint, load_model (ours: the config inside)
 
-Left out: the official code's dead mixture conditioning (its UNet discards the concat channels) and classifier-free
-guidance (scale 0, a no-op there); Lightning, YAML and registries.
+Elsewhere: toy.py holds the first stages that need no MusicLDM weights (the toy VAE + Griffin-Lim, the offline stage);
+metrics.py the rhythm metrics (Eqs. 6-8). Left out: the official code's dead mixture conditioning (its UNet discards the
+concat channels) and classifier-free guidance (scale 0, a no-op there); Lightning, YAML and registries.
 
 Notation (code name -> paper symbol):
     B batch, S tracks (s), C channels, T time frames (t), F frequency bins (f), L tokens per track (T·F), N audio samples
@@ -38,19 +34,16 @@ Notation (code name -> paper symbol):
 """
 import contextlib
 import errno
-import json
 import math
 import os
 import pathlib
 import pickle
-import re
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as nnf  # F is the frequency axis here (glossary)
-from tqdm import tqdm
 
 TRACKS = ("bass", "drums", "guitar", "piano")  # §5.1: Slakh2100 4-stem subset, official stem order
 
@@ -59,9 +52,13 @@ TRACKS = ("bass", "drums", "guitar", "piano")  # §5.1: Slakh2100 4-stem subset,
 # PART I. THE PAPER (§3): config, denoiser ε_θ (Fig. 2b, 3; Table A3), training loss (Eq. 2), DDIM sampling
 # ======================================================================================================================
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Config ----------------------------------------------------------------------------------------------------------
+
+# The audio grid the latents live on (Part II's front end uses the same values)
+SAMPLE_RATE = 16000  # §5.1: audio resampled to 16 kHz
+MEL_HOP = 160        # App. A.5: hop length 160, so one mel frame per 10 ms
+MEL_BINS = 64        # official config: 64 mel bins
+
 
 @dataclass
 class SyncTrackConfig:
@@ -90,10 +87,10 @@ class SyncTrackConfig:
     n_timesteps: int = 1000
     beta_start: float = 0.0015             # LDM "linear": linear in √β
     beta_end: float = 0.0195
-    # audio: which first stage maps waveforms to latents (Eq. 1/3): "musicldm" (VAE + HiFi-GAN weights), "toy-vae" (the
-    # small VAE + Griffin-Lim of the toy preset, inside our checkpoints) or "offline" (no weights; tests)
+    # which first stage maps waveforms to latents (Eqs. 1, 3): "musicldm" (VAE + HiFi-GAN weights), "toy-vae" (the toy
+    # preset's small VAE, inside our checkpoints) or "offline" (no weights; tests). See toy.make_first_stage.
     first_stage: str = "musicldm"
-    clip_samples: int = 163840             # 10.24 s at 16 kHz (official; every first stage here is built for 16 kHz)
+    clip_samples: int = 163840             # 10.24 s at 16 kHz (official)
 
     def __post_init__(self):
         self.tracks, self.channel_mult, self.attention_ds = tuple(self.tracks), tuple(self.channel_mult), \
@@ -123,25 +120,10 @@ class SyncTrackConfig:
 
     @classmethod
     def from_dict(cls, d):
-        d = dict(d)
-        if d.pop("sample_rate", 16000) != 16000:  # a field of checkpoints written before 2026-12-02, always 16000
-            raise ValueError("only 16 kHz configs exist (the first stages are built for 16 kHz)")
-        if "latent_freq" in d:  # those checkpoints also predate latent_downsampling; their F tells it
-            d.setdefault("latent_downsampling", MEL_BINS // d["latent_freq"])
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown SyncTrackConfig keys: {unknown}")
         return cls(**d)
-
-    @classmethod
-    def from_official(cls, unet_config, **overrides):
-        """The config matching an official `unet_config` dict (variant "official")."""
-        return cls(latent_channels=unet_config["in_channels"], model_channels=unet_config["model_channels"],
-                   channel_mult=tuple(unet_config["channel_mult"]), num_res_blocks=unet_config["num_res_blocks"],
-                   attention_ds=tuple(unet_config["attention_resolutions"]),
-                   head_channels=unet_config["num_head_channels"], variant="official", **overrides)
-
 
 PRESETS = {
     "paper": dict(),
@@ -155,9 +137,7 @@ PRESETS = {
 }
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Embeddings: diffusion step l and the learnable instrument prior
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Embeddings: diffusion step l and the learnable instrument prior -------------------------------------------------
 
 def timestep_embedding(step, dim, max_period=10000):
     """Sinusoidal embedding of the step l: [cos(l·ω_i), sin(l·ω_i)], ω_i = max_period^(-i/(dim/2)) (official: cos first)."""
@@ -183,13 +163,7 @@ class InstrumentPrior(nn.Module):
         return self.mlp(v)                                                           # (S, out_dim)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# ResBlock (Fig. 3b): conv stage 1, + projected [time ‖ instrument] embedding, conv stage 2
-# ----------------------------------------------------------------------------------------------------------------------
-
-def group_norm(groups, ch, eps=1e-5):
-    return nn.GroupNorm(groups, ch, eps=eps)
-
+# ---- ResBlock (Fig. 3b): conv stage 1, + projected [time ‖ instrument] embedding, conv stage 2 -----------------------
 
 def zero_init(module):
     """Zero a layer that ends a residual branch, so the branch starts as the identity (ADM)."""
@@ -204,10 +178,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, ch_in, emb_dim, ch_out, groups):
         super().__init__()
-        self.in_layers = nn.Sequential(group_norm(groups, ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, ch_in), nn.SiLU(),
+                                       nn.Conv2d(ch_in, ch_out, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, ch_out))
-        # Dropout(0) does nothing; it holds index 2 so that the conv is `out_layers.3`, the official key
-        self.out_layers = nn.Sequential(group_norm(groups, ch_out), nn.SiLU(), nn.Dropout(0.0),
+        self.out_layers = nn.Sequential(nn.GroupNorm(groups, ch_out), nn.SiLU(),
                                         zero_init(nn.Conv2d(ch_out, ch_out, 3, padding=1)))
         self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
 
@@ -236,9 +210,7 @@ class Upsample(nn.Module):
         return self.conv(nnf.interpolate(x, scale_factor=2, mode="nearest"))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Attention: inner-track, global cross-track (Eq. 4), time-specific cross-track (Eq. 5)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Attention: inner-track, global cross-track (Eq. 4), time-specific cross-track (Eq. 5) ---------------------------
 
 def multi_head_attention(q, k, v, heads):
     """softmax(q kᵀ/√d) v with `heads` heads; q: (N, Lq, C), k, v: (N, Lk, C) -> (N, Lq, C)."""
@@ -254,7 +226,7 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.to_q, self.to_k, self.to_v = (nn.Linear(ch, ch, bias=False) for _ in range(3))
-        self.to_out = nn.Sequential(nn.Linear(ch, ch))  # a one-layer Sequential: the official key is `to_out.0`
+        self.to_out = nn.Linear(ch, ch)
 
     def forward(self, x):
         # x: (N, L, C) -> (N, L, C)
@@ -319,7 +291,7 @@ class TimeCrossTrackAttention(nn.Module):
 
 
 class GEGLU(nn.Module):
-    """Feed-forward with a GELU-gated linear unit (official `ff`: ch -> 4ch -> ch)."""
+    """The first half of the feed-forward: a GELU-gated linear unit, ch -> 4ch (official `ff.net.0`)."""
 
     def __init__(self, ch):
         super().__init__()
@@ -333,45 +305,37 @@ class GEGLU(nn.Module):
 class TrackSharedTransformer(nn.Module):
     """The attention part of a track-shared module (Fig. 3a), weights shared by all tracks:
     inner-track attention → global cross-track (②) → time-specific cross-track (③) → inner-track attention → FFN.
-    (The official block has two inner-track self-attentions, `attn1` and `attn2`; the paper draws one.)"""
+    (The official block has two inner-track self-attentions, `attn1` and `attn2`; the paper draws one.)
+    An ablation (Table 6) removes ② or ③ by setting it to None; SyncTrack-reorder runs ③ before ②."""
 
-    def __init__(self, ch, cfg, use_global, use_time):
+    def __init__(self, ch, cfg):
         super().__init__()
         heads = ch // cfg.head_channels
         self.reorder = cfg.reorder
-        self.norm = group_norm(cfg.norm_groups, ch, eps=1e-6)
+        self.norm = nn.GroupNorm(cfg.norm_groups, ch, eps=1e-6)
         self.proj_in = nn.Conv2d(ch, ch, 1)
         self.norm1, self.attn1 = nn.LayerNorm(ch), Attention(ch, heads)
-        self.global_attn = GlobalCrossTrackAttention(ch, heads, len(cfg.tracks)) if use_global else None
-        self.time_attn = TimeCrossTrackAttention(ch, heads, len(cfg.tracks), cfg.variant) if use_time else None
+        self.global_attn = GlobalCrossTrackAttention(ch, heads, len(cfg.tracks)) if cfg.global_attention else None
+        self.time_attn = TimeCrossTrackAttention(ch, heads, len(cfg.tracks), cfg.variant) if cfg.time_attention else None
         self.norm2, self.attn2 = nn.LayerNorm(ch), Attention(ch, heads)
-        # Dropout(0) does nothing; it holds index 1 so that the output linear is `ff.2` (official `ff.net.2`)
-        self.norm3, self.ff = nn.LayerNorm(ch), nn.Sequential(GEGLU(ch), nn.Dropout(0.0), nn.Linear(4 * ch, ch))
+        self.norm3, self.ff = nn.LayerNorm(ch), nn.Sequential(GEGLU(ch), nn.Linear(4 * ch, ch))
         self.proj_out = zero_init(nn.Conv2d(ch, ch, 1))
-
-    def cross_track(self, x, T, F):
-        """② then ③ (Eqs. 4, 5); ③ then ② for SyncTrack-reorder; an ablated attention (None) is skipped."""
-        order = (self.time_attn, self.global_attn) if self.reorder else (self.global_attn, self.time_attn)
-        for attn in order:
-            if attn is not None:
-                x = attn(x, T, F)
-        return x
 
     def forward(self, x):
         # x: (B*S, C, T, F)
         _, C, T, F = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B*S, C, T, F) -> (B*S, L, C), L = T·F
         h = h + self.attn1(self.norm1(h))                          # inner-track attention
-        h = self.cross_track(h, T, F)                              # ② then ③ (Eqs. 4, 5)
+        cross_track = (self.time_attn, self.global_attn) if self.reorder else (self.global_attn, self.time_attn)
+        for attn in filter(None, cross_track):                     # ② then ③ (Eqs. 4, 5)
+            h = attn(h, T, F)
         h = h + self.attn2(self.norm2(h))
         h = h + self.ff(self.norm3(h))
         h = h.transpose(1, 2).reshape(x.shape)                     # (B*S, L, C) -> (B*S, C, T, F)
         return x + self.proj_out(h)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Track-specific and track-shared modules (Fig. 2b; Table A3 labels each UNet block one or the other)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Track-specific and track-shared modules (Fig. 2b; Table A3 labels each UNet block one or the other) -------------
 
 class UNetBlock(nn.ModuleList):
     """A UNet block: layers applied in order; ResBlocks also get the embedding. Indexed like the official blocks."""
@@ -391,9 +355,13 @@ class TrackSharedModule(UNetBlock):
     """Table A3 "track-shared": a ResBlock with a TrackSharedTransformer, or a down/upsampling layer."""
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# The denoiser ε_θ({z_l^s}_{s=1}^S, l)
-# ----------------------------------------------------------------------------------------------------------------------
+def unet_block(layers):
+    """Table A3's label of a block: a ResBlock alone is track-specific, anything else track-shared."""
+    only_resblock = len(layers) == 1 and isinstance(layers[0], ResBlock)
+    return (TrackSpecificModule if only_resblock else TrackSharedModule)(layers)
+
+
+# ---- The denoiser ε_θ({z_l^s}_{s=1}^S, l) ----------------------------------------------------------------------------
 
 class SyncTrack(nn.Module):
     """The SyncTrack UNet (Fig. 2b, Table A3). forward(z_l (B, S, C, T, F), step (B,)) -> ε̂ (B, S, C, T, F).
@@ -409,21 +377,10 @@ class SyncTrack(nn.Module):
         emb_dim = 2 * E  # [time ‖ instrument prior] (official concat; Table A3 4-8), also without the prior (zeros)
         self.time_embed = nn.Sequential(nn.Linear(mc, E), nn.SiLU(), nn.Linear(E, E))
         self.instrument_prior = InstrumentPrior(S, cfg.prior_hidden, E) if cfg.instrument_prior else None
-        transformers = []  # in build order; SyncTrack-alternate keeps ② in the even-numbered ones, ③ in the odd ones
 
-        def transformer(ch):
-            odd = len(transformers) % 2 == 1
-            transformers.append(TrackSharedTransformer(ch, cfg, cfg.global_attention and not (cfg.alternate and odd),
-                                                       cfg.time_attention and not (cfg.alternate and not odd)))
-            return transformers[-1]
-
-        def block(ch_in, ch_out, ds):  # a ResBlock, followed by attention at the resolutions that have it
+        def res_block(ch_in, ch_out, ds):  # a ResBlock, with a TrackSharedTransformer at the resolutions listed
             layers = [ResBlock(ch_in, emb_dim, ch_out, G)]
-            return layers + [transformer(ch_out)] if ds in cfg.attention_ds else layers
-
-        def module(layers):  # Table A3's label: a ResBlock alone is track-specific, anything else track-shared
-            only_resblock = len(layers) == 1 and isinstance(layers[0], ResBlock)
-            return (TrackSpecificModule if only_resblock else TrackSharedModule)(layers)
+            return layers + [TrackSharedTransformer(ch_out, cfg)] if ds in cfg.attention_ds else layers
 
         # Table A3 prints a 64 × 64 input; the real latent is T × F = 256 × 16 (same 4096 positions), so "resolution
         # 32 × 32" there is our ds = 2 (128 × 8) and so on. Rows are numbered as in Table A3.
@@ -432,7 +389,7 @@ class SyncTrack(nn.Module):
         skip_chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                self.input_blocks.append(module(block(ch, mult * mc, ds)))
+                self.input_blocks.append(unet_block(res_block(ch, mult * mc, ds)))
                 ch = mult * mc
                 skip_chans.append(ch)
             if level < len(cfg.channel_mult) - 1:
@@ -440,21 +397,27 @@ class SyncTrack(nn.Module):
                 skip_chans.append(ch)
                 ds *= 2
         # Middle (Table A3 4-19 … 4-21, one official block): ResBlock, attention, ResBlock
-        self.middle_block = TrackSharedModule([ResBlock(ch, emb_dim, ch, G), transformer(ch),
+        self.middle_block = TrackSharedModule([ResBlock(ch, emb_dim, ch, G), TrackSharedTransformer(ch, cfg),
                                                ResBlock(ch, emb_dim, ch, G)])
         # Decoder (Table A3 4-22 … 4-33; the output layers are 4-34 … 4-36): each block takes the previous output
         # concatenated with a skip
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                layers = block(ch + skip_chans.pop(), mult * mc, ds)
+                layers = res_block(ch + skip_chans.pop(), mult * mc, ds)
                 ch = mult * mc
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
-                self.output_blocks.append(module(layers))
-        self.out = nn.Sequential(group_norm(cfg.norm_groups, mc), nn.SiLU(),
+                self.output_blocks.append(unet_block(layers))
+        self.out = nn.Sequential(nn.GroupNorm(cfg.norm_groups, mc), nn.SiLU(),
                                  zero_init(nn.Conv2d(mc, cfg.latent_channels, 3, padding=1)))
+        if cfg.alternate:  # SyncTrack-alternate: ② in the even-numbered transformers (build order), ③ in the odd ones
+            for i, transformer in enumerate(m for m in self.modules() if isinstance(m, TrackSharedTransformer)):
+                if i % 2:
+                    transformer.global_attn = None
+                else:
+                    transformer.time_attn = None
         self.register_buffer("alphas_cumprod", alpha_bar_schedule(cfg), persistent=False)
 
     def forward(self, z_l, step):
@@ -476,9 +439,7 @@ class SyncTrack(nn.Module):
         return self.out(x).reshape(B, S, C, T, F)                          # (B*S, C, T, F) -> (B, S, C, T, F)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Diffusion: forward process, training loss (Eq. 2), DDIM sampling
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Diffusion: forward process, training loss (Eq. 2), DDIM sampling ------------------------------------------------
 
 def alpha_bar_schedule(cfg):
     """ᾱ_l = Π_{i≤l} (1 − β_i) with β linear in √β (LDM "linear"; official config), in float64 then float32."""
@@ -511,16 +472,10 @@ def ddim_timesteps(n_timesteps, steps):
 
 
 @torch.no_grad()
-def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None, generator=None, progress=True,
-                x0_range=None):
+def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None, generator=None):
     """DDIM (Song et al., 2021) from noise z_start (B, S, C, T, F) in `steps` steps; η = 1 is the official default
-    (stochastic), η = 0 deterministic.
-
-    generator: one torch.Generator for all the noise, or a list of B generators, one per batch row: then row b depends
-    on generator b only, so a piece is the same in any batch (per-piece seeds, sample.py).
-
-    x0_range: (low, high) to clamp the predicted ẑ_0 into, for latents with a known range (the offline first stage's
-    `latent_range`), as DDPM clips images to [-1, 1]; None (the official setting) never clamps.
+    (stochastic), η = 0 deterministic. `generator` is one torch.Generator for all the noise, or a list of B of them:
+    then row b draws from generator b only, so a piece does not depend on the others in its batch.
 
     Arrangement (App. A.8, official `inpainting`): with `known` latents and `known_mask` (S,) or (B, S) bools, the known
     tracks are replaced by their ground truth noised to the current level before every model call, so only the other
@@ -529,7 +484,6 @@ def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None,
     visited = ddim_timesteps(model.config.n_timesteps, steps).tolist()
     previous = [0] + visited[:-1]                 # ᾱ_prev of the first (smallest) step is ᾱ_0, not 1 (official)
     shape, device, dtype = z_start.shape, z_start.device, z_start.dtype
-    mask = None
     if known is not None:
         mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device).expand(shape[:2])
         mask = mask[:, :, None, None, None].to(dtype)                       # (B, S) -> (B, S, 1, 1, 1)
@@ -540,17 +494,14 @@ def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None,
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
     z_l = z_start
-    for step, prev_step in tqdm(list(zip(visited, previous))[::-1], desc="DDIM", disable=not progress, leave=False):
-        step_batch = torch.full((z_l.shape[0],), step, device=z_l.device, dtype=torch.long)
-        if mask is not None:                      # hold the known tracks at q(z_l | z)
+    for step, prev_step in reversed(list(zip(visited, previous))):
+        step_batch = torch.full((shape[0],), step, device=device, dtype=torch.long)
+        if known is not None:                     # hold the known tracks at q(z_l | z)
             z_l = mask * q_sample(known, step_batch, randn(), alpha_bar) + (1 - mask) * z_l
-        eps = model(z_l, step_batch).to(z_l.dtype)
+        eps = model(z_l, step_batch).to(dtype)
         a, a_prev = alpha_bar[step], alpha_bar[prev_step]
         # 1. predicted ẑ_0 = (z_l − √(1−ᾱ_l) ε̂) / √ᾱ_l                      (DDIM Eq. 12, first term)
         z_hat = (z_l - (1 - a).sqrt() * eps) / a.sqrt()
-        if x0_range is not None:  # keep ẑ_0 in range and ε̂ consistent with it
-            z_hat = z_hat.clamp(*x0_range)
-            eps = (z_l - a.sqrt() * z_hat) / (1 - a).sqrt()
         # 2. σ_l = η √((1−ᾱ_prev)/(1−ᾱ_l)) √(1 − ᾱ_l/ᾱ_prev)               (DDIM Eq. 16)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
         # 3. direction pointing to z_l: √(1 − ᾱ_prev − σ²) ε̂                  (DDIM Eq. 12, second term)
@@ -559,9 +510,7 @@ def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None,
         z_l = a_prev.sqrt() * z_hat + direction
         if eta > 0:
             z_l = z_l + sigma * randn()
-    if mask is not None:
-        z_l = mask * known + (1 - mask) * z_l
-    return z_l
+    return z_l if known is None else mask * known + (1 - mask) * z_l
 
 
 # ======================================================================================================================
@@ -569,16 +518,12 @@ def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None,
 # and 3 treat it as a frozen black box. Front end, VAE, HiFi-GAN, the stages the pipeline holds, their loaders.
 # ======================================================================================================================
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Audio front end: waveform -> log-mel, the "STFT & MelFB" of Eq. (1)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Audio front end: waveform -> log-mel, the "STFT & MelFB" of Eq. (1) ---------------------------------------------
 # Values are the official TacotronSTFT(1024, 160, 1024, 64, 16000, 0, 8000) (mathwanghr/SyncTrack@7bbb18b, the dataset's
 # mel front end).
 
-SAMPLE_RATE = 16000  # §5.1: audio resampled to 16 kHz
+# SAMPLE_RATE, MEL_HOP and MEL_BINS are defined in Part I (the latent grid follows from them)
 MEL_N_FFT = 1024  # Appendix A.5: window size 1024 (n_fft = win_length)
-MEL_HOP = 160  # Appendix A.5: hop length 160
-MEL_BINS = 64  # official config: 64 mel bins, 0-8 kHz
 MEL_FMAX = 8000.0  # official config
 MEL_FLOOR = 1e-5  # official dynamic_range_compression clip value: silence = ln(1e-5) = -11.5129
 
@@ -630,9 +575,7 @@ def log_mel(wave):
     return mel[..., :frames].transpose(1, 2).reshape(*lead, frames, MEL_BINS)  # (B, F, T) -> (..., T, F)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# VAE: MusicLDM's AutoencoderKL, VAE_enc of Eq. (1) and VAE_dec of Eq. (3)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- VAE: MusicLDM's AutoencoderKL, VAE_enc of Eq. (1) and VAE_dec of Eq. (3) ----------------------------------------
 # Module names follow the official LDM code (encoder.down.i.block.j, mid.attn_1, nin_shortcut, ...) so that
 # vae-ckpt.ckpt loads strictly. The log-mel is an image with height T (time) and width F (mel bins).
 
@@ -641,9 +584,9 @@ class VAEResnetBlock(nn.Module):
 
     def __init__(self, c_in, c_out):
         super().__init__()
-        self.norm1 = group_norm(32, c_in, eps=1e-6)
+        self.norm1 = nn.GroupNorm(32, c_in, eps=1e-6)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2 = group_norm(32, c_out, eps=1e-6)
+        self.norm2 = nn.GroupNorm(32, c_out, eps=1e-6)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -658,7 +601,7 @@ class VAEAttnBlock(nn.Module):
 
     def __init__(self, channels):
         super().__init__()
-        self.norm = group_norm(32, channels, eps=1e-6)
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -714,7 +657,7 @@ class VAEEncoder(nn.Module):
                 level.downsample = VAEDownsample(widths[i + 1])
             self.down.append(level)
         self.mid = _vae_mid(widths[-1])
-        self.norm_out = group_norm(32, widths[-1], eps=1e-6)
+        self.norm_out = nn.GroupNorm(32, widths[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(widths[-1], 2 * z_channels, 3, padding=1)  # double_z: mean and log-variance
 
     def forward(self, x):  # (B, 1, T, F) -> (B, 2·Z, T/4, F/4) for three levels
@@ -744,7 +687,7 @@ class VAEDecoder(nn.Module):
                 level.upsample = VAEUpsample(width)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = group_norm(32, width, eps=1e-6)
+        self.norm_out = nn.GroupNorm(32, width, eps=1e-6)
         self.conv_out = nn.Conv2d(width, out_ch, 3, padding=1)
 
     def forward(self, z):  # (B, Z, T/4, F/4) -> (B, 1, T, F) for three levels
@@ -796,17 +739,9 @@ class AutoencoderKL(nn.Module):
 MUSICLDM_DDCONFIG = dict(double_z=True, z_channels=8, resolution=256, in_channels=1, out_ch=1, ch=128,
                          ch_mult=[1, 2, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)  # official config
 MUSICLDM_EMBED_DIM = 8  # official config: embed_dim 8, latent 8 × 256 × 16 per track
-# The toy first stage (README "The toy model"): MusicLDM's VAE design, but the log-mel is first folded 4×4 into 16
-# channels (pixel-unshuffle, as the offline stage), so its convolutions run at 1/16 of the positions: 8× down in T and
-# F, latent 8 × 32 × 8 per 2.56 s track. Trained by `train.py --stage vae`, decoded by GriffinLim (no vocoder to train).
-TOY_VAE_DDCONFIG = dict(double_z=True, z_channels=8, in_channels=16, out_ch=16, ch=64, ch_mult=[1, 2],
-                        num_res_blocks=1, attn_resolutions=[], fold=4)
-TOY_VAE_EMBED_DIM = 8
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# HiFi-GAN vocoder, the HiFiGAN of Eq. (3)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- HiFi-GAN vocoder, the HiFiGAN of Eq. (3) ------------------------------------------------------------------------
 # The official generator (V1 layout, ResBlock1 regardless of the config's "resblock" key), plain convolutions:
 # checkpoints in weight-norm form are folded at load time (see `fold_weight_norm`).
 
@@ -863,13 +798,11 @@ HIFIGAN_16K_64 = dict(num_mels=64, upsample_rates=[5, 4, 2, 2, 2], upsample_kern
                       resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]])  # official src/hifigan/config_16k_64.json
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# First stages: the latent interface the denoiser is trained and sampled in
-# ----------------------------------------------------------------------------------------------------------------------
-# Both stages take (B, S, N) waveforms at 16 kHz and give (B, S, C, T, F) latents; the rest of the pipeline does not
-# care which one it holds. N must be a multiple of 640 = hop 160 × the 4× time downsampling.
+# ---- First stages: the latent interface the denoiser is trained and sampled in ---------------------------------------
+# Every first stage (this one and toy.py's) takes (B, S, N) waveforms at 16 kHz and gives (B, S, C, T, F) latents;
+# the rest of the pipeline does not care which one it holds. N must be a multiple of 640 = hop 160 × the 4× time downsampling.
 
-def _check_wave(wave, multiple):
+def check_wave(wave, multiple):
     """Validate a (B, S, N) float waveform batch; the sample rate cannot be checked from a tensor, so it is assumed."""
     if wave.dim() != 3 or wave.shape[-1] == 0 or wave.shape[-1] % multiple or not wave.is_floating_point():
         raise ValueError(f"expected mono {SAMPLE_RATE} Hz float audio of shape (B, S, N) with N a positive multiple of "
@@ -880,7 +813,7 @@ def _check_wave(wave, multiple):
     return wave.shape
 
 
-def _check_latent(z, channels, bins):
+def check_latent(z, channels, bins):
     if z.dim() != 5 or z.shape[2] != channels or z.shape[3] == 0 or z.shape[4] != bins:
         raise ValueError(f"expected a latent of shape (B, S, {channels}, T, {bins}); got {tuple(z.shape)}")
     return z.shape
@@ -889,14 +822,12 @@ def _check_latent(z, channels, bins):
 class MusicLDMFirstStage(nn.Module):
     """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z / scale)).
 
-    The toy stage is the same pipeline in miniature: a small VAE (TOY_VAE_DDCONFIG) with GriffinLim as the vocoder.
+    The toy stage (toy.py) is the same pipeline in miniature: a small VAE with Griffin-Lim as the vocoder, kind "toy-vae".
     """
 
-    sample_rate = SAMPLE_RATE
-    latent_channels = MUSICLDM_EMBED_DIM
-
-    def __init__(self, vae, vocoder, scale_factor):
+    def __init__(self, vae, vocoder, scale_factor, kind="musicldm"):
         super().__init__()
+        self.kind = kind  # SyncTrackConfig.first_stage of a model trained on these latents
         # frozen first stage: SyncTrack trains only the denoiser, so no gradients and inference-mode layers
         self.vae = vae.eval().requires_grad_(False)
         self.vocoder = vocoder.eval().requires_grad_(False)
@@ -929,7 +860,7 @@ class MusicLDMFirstStage(nn.Module):
 
         Training on a fixed set of clips can keep these (data.EncodedClips) and draw z = mean + std·ε per step,
         exactly what encode(sample=True) draws, without running the encoder again."""
-        b, s, n = _check_wave(wave, self.multiple)
+        b, s, n = check_wave(wave, self.multiple)
         mean, logvar = self.vae.encode(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, C, T/d, F/d)
         std = torch.exp(0.5 * logvar)
         return [(self.scale_factor * x).reshape(b, s, *x.shape[1:]) for x in (mean, std)]  # -> (B, S, C, T, F)
@@ -937,7 +868,7 @@ class MusicLDMFirstStage(nn.Module):
     @torch.no_grad()
     def decode(self, z):
         """(B, S, C, T, F) scaled latent -> (B, S, N) waveform, N = 160·d·T for a VAE that is d× down (MusicLDM: 4)."""
-        b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.vae.downsampling)[:2]
+        b, s = check_latent(z, self.latent_channels, MEL_BINS // self.vae.downsampling)[:2]
         mel = self.vae.decode(z.flatten(0, 1) / self.scale_factor)  # (B·S, C, T, F) -> (B·S, 4T, 64)
         wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N + 32)
         n = mel.shape[1] * MEL_HOP
@@ -945,118 +876,9 @@ class MusicLDMFirstStage(nn.Module):
         return wave[:, 0, :n].reshape(b, s, n)  # (B·S, N) -> (B, S, N)
 
 
-class GriffinLim(nn.Module):
-    """A weight-free vocoder with HiFiGAN's interface: log-mel (B, F, T) -> waveform (B, 1, 160·T) by fast Griffin-Lim.
-
-    The vocoder of the offline stage and of the toy VAE stage: no weights to train or download, but it sounds phasey.
-    """
-
-    momentum = 0.99  # fast Griffin-Lim (Perraudin et al., 2013) acceleration, torchaudio's default
-    mel_ceiling = math.log(100.0)  # above the log-mel of any full-scale 16 kHz signal (its mel stays below ~30)
-
-    def __init__(self, iters=32):
-        super().__init__()
-        self.iters = iters  # 32: spectral convergence about 0.15, about 2 s per 10.24 s track on 2 CPU cores
-        basis = mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BINS, 0.0, MEL_FMAX).astype(np.float64)
-        # minimum-norm least-squares inverse of the filterbank: mel magnitudes -> linear STFT magnitudes
-        # (numpy's pinv: torch.linalg.pinv takes ~100x longer on CPU for this 64 x 513 matrix)
-        inverse = torch.from_numpy(np.linalg.pinv(basis)).float()  # (513, F)
-        self.register_buffer("mel_inverse", inverse, persistent=False)
-        self.register_buffer("window", torch.hann_window(MEL_N_FFT, periodic=True), persistent=False)
-
-    def stft(self, x):  # (B, N) -> (B, 513, N / hop + 1), the front end's STFT
-        return torch.stft(x, MEL_N_FFT, MEL_HOP, window=self.window, center=True, pad_mode="reflect",
-                          return_complex=True)
-
-    def _istft(self, spec, n_samples):  # (B, 513, N / hop + 1) -> (B, N)
-        return torch.istft(spec, MEL_N_FFT, MEL_HOP, window=self.window, center=True, length=n_samples)
-
-    def forward(self, mel):
-        """Log-mel (B, F, T) -> waveform (B, 1, 160·T), from zero phase."""
-        n_samples = mel.shape[-1] * MEL_HOP
-        # 1. log-mel -> linear STFT magnitude: least squares through the filterbank, negatives clamped. A generated
-        #    log-mel can leave the range of real audio; clamp it there so exp() stays finite.
-        mel = mel.float().clamp(math.log(MEL_FLOOR), self.mel_ceiling)
-        magnitude = (self.mel_inverse @ mel.exp()).clamp(min=0.0)  # (B, F, T) -> (B, 513, T)
-        # 2. the front end dropped the last of the 1 + N/hop centred frames: repeat the final frame in its place
-        magnitude = torch.cat([magnitude, magnitude[..., -1:]], dim=-1)  # (B, 513, T + 1)
-        spec = magnitude.to(torch.complex64)
-        previous = torch.zeros_like(spec)
-        for _ in range(self.iters):
-            # 3. project onto consistent spectrograms (STFTs of some signal)
-            rebuilt = self.stft(self._istft(spec, n_samples))
-            # 4. momentum step, then keep the phase and impose the target magnitude
-            accelerated = rebuilt + self.momentum * (rebuilt - previous)
-            previous = rebuilt
-            spec = magnitude * accelerated / accelerated.abs().clamp(min=1e-8)
-        return self._istft(spec, n_samples).unsqueeze(1)  # (B, N) -> (B, 1, N)
-
-
-class OfflineFirstStage(nn.Module):
-    """Weight-free first stage for tests, used when no MusicLDM or toy VAE weights are given.
-
-    The latent is the log-mel itself, normalised by fixed constants and folded 4×4 into channels (pixel-unshuffle):
-    (T, 64) -> (16, T/4, 16), exactly invertible. Audio comes back through Griffin-Lim, so it sounds phasey. Every
-    denoiser error is heard directly as broadband noise: a model worth listening to needs a learned first stage
-    (the toy VAE stage, README "The toy model").
-    """
-
-    sample_rate = SAMPLE_RATE
-    latent_channels = 16
-    fold = 4  # 4×4 patches, matching MusicLDM's 4× downsampling of T and F
-    # Log-mel statistics of Slakh2100 (co-author variant config comment "mean: -4.63, std: 2.74"): unit-scale latents
-    mel_mean, mel_std = -4.63, 2.74
-    # every latent value lies in here: the normalised log-mel between the floor and the ceiling (ddim_sample x0_range)
-    latent_range = ((math.log(MEL_FLOOR) - mel_mean) / mel_std, (GriffinLim.mel_ceiling - mel_mean) / mel_std)
-
-    def __init__(self, griffin_lim_iters=32):
-        super().__init__()
-        self.griffin_lim_iters = griffin_lim_iters
-        self.multiple = MEL_HOP * self.fold
-        self.vocoder = GriffinLim(griffin_lim_iters)
-
-    def latent_shape(self, n_samples):
-        """(C, T, F) of one track's latent: (16, 256, 16) for 10.24 s."""
-        if n_samples <= 0 or n_samples % self.multiple:
-            raise ValueError(f"n_samples must be a positive multiple of {self.multiple}; got {n_samples}")
-        return (self.latent_channels, n_samples // self.multiple, MEL_BINS // self.fold)
-
-    def mel_to_latent(self, mel):  # (B, T, F) -> (B, 16, T/4, F/4)
-        x = (mel - self.mel_mean) / self.mel_std
-        return nnf.pixel_unshuffle(x.unsqueeze(1), self.fold)  # channel 4·(t mod 4) + (f mod 4): mel[4t' + ., 4f' + .]
-
-    def latent_to_mel(self, z):  # (B, 16, T/4, F/4) -> (B, T, F), the exact inverse of mel_to_latent
-        return nnf.pixel_shuffle(z, self.fold).squeeze(1) * self.mel_std + self.mel_mean
-
-    @torch.no_grad()
-    def encode(self, wave, sample=True, generator=None):
-        """(B, S, N) waveform -> (B, S, 16, N/640, 16); deterministic, so `sample` and `generator` are ignored."""
-        b, s, n = _check_wave(wave, self.multiple)
-        z = self.mel_to_latent(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, 16, T/4, F/4)
-        return z.reshape(b, s, *z.shape[1:])  # (B·S, C, T, F) -> (B, S, C, T, F)
-
-    @torch.no_grad()
-    def decode(self, z):
-        """(B, S, 16, T, 16) -> (B, S, N) waveform through Griffin-Lim, N = 640·T."""
-        b, s = _check_latent(z, self.latent_channels, MEL_BINS // self.fold)[:2]
-        mel = self.latent_to_mel(z.flatten(0, 1))  # (B, S, C, T, F) -> (B·S, 4T, 64)
-        wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N)
-        return wave[:, 0].reshape(b, s, -1)  # (B·S, N) -> (B, S, N)
-
-
-def make_first_stage(spec, trust=False):
-    """None or "offline" -> OfflineFirstStage(); a checkpoint path or folder -> MusicLDMFirstStage(load_first_stage(...))."""
-    if spec is None or spec == "offline":
-        return OfflineFirstStage()
-    return MusicLDMFirstStage(*load_first_stage(spec, trust))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Loading the first stage: every format the MusicLDM weights are distributed in, and our toy VAE record
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Loading the first stage from the files MusicLDM's weights come in -----------------------------------------------
 #   1. Lightning checkpoint (MusicLDM musicldm-ckpt.ckpt or SyncTrack's pretrained one): first_stage_model.* + scale_factor
 #   2. a folder with the official vae-ckpt.ckpt + hifigan-ckpt.ckpt (Zenodo bundle; weight-norm HiFi-GAN)
-#   3. the diffusers folder of ucsd-reach/musicldm: vae/ (AutoencoderKL) + vocoder/ (SpeechT5HifiGan), safetensors or bin
 
 # MusicLDM's scale_factor as published in ucsd-reach/musicldm vae/config.json (converted from musicldm-ckpt.ckpt);
 # used only for the separate vae-ckpt/hifigan-ckpt files, which carry none.
@@ -1070,7 +892,7 @@ def _listing(label, items, limit=20):
     return f"\n  {label} ({len(items)}): " + ", ".join(items[:limit]) + more
 
 
-def _load_strict(module, state, source):
+def load_strict(module, state, source):
     """Load `state` into `module` only if every tensor is claimed and has the right shape; otherwise list the culprits."""
     expected = module.state_dict()
     missing = sorted(expected.keys() - state.keys())
@@ -1097,105 +919,6 @@ def fold_weight_norm(state):
     return folded
 
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def _read_safetensors(path):
-    """Minimal safetensors reader: 8-byte little-endian header size, a JSON header, then the raw tensor bytes."""
-    raw = bytearray(pathlib.Path(path).read_bytes())
-    header_size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + header_size])
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, expected one of {list(_SAFETENSORS_DTYPES)}")
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        count = (end - begin) // dtype.itemsize
-        flat = torch.frombuffer(raw, dtype=dtype, count=count, offset=8 + header_size + begin)
-        tensors[name] = flat.reshape(info["shape"]).clone()  # own, aligned storage
-    return tensors
-
-
-def _official_vae_key(key, levels):
-    """diffusers AutoencoderKL tensor name -> official LDM name (the inverse of diffusers'
-    scripts/convert_original_musicldm_to_diffusers.py)."""
-    # diffusers orders decoder levels coarse to fine, LDM fine to coarse: up_blocks.i is up.(levels - 1 - i)
-    renames = [
-        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"encoder.down.{m[1]}.block.{m[2]}."),
-        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
-        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}."),
-        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample."),
-        (r"\.mid_block\.resnets\.(\d+)\.", lambda m: f".mid.block_{int(m[1]) + 1}."),
-        (r"\.mid_block\.attentions\.0\.group_norm\.", lambda m: ".mid.attn_1.norm."),
-        (r"\.mid_block\.attentions\.0\.to_([qkv])\.", lambda m: f".mid.attn_1.{m[1]}."),
-        (r"\.mid_block\.attentions\.0\.to_out\.0\.", lambda m: ".mid.attn_1.proj_out."),
-        (r"\.conv_shortcut\.", lambda m: ".nin_shortcut."),
-        (r"\.conv_norm_out\.", lambda m: ".norm_out."),
-    ]
-    for pattern, rename in renames:
-        key = re.sub(pattern, rename, key)
-    return key
-
-
-def _require(config, expected, source):
-    """Check the config entries that change the architecture; absent keys take the diffusers/transformers default."""
-    for key, (default, want) in expected.items():
-        if config.get(key, default) != want:
-            raise ValueError(f"{source}: {key} = {config.get(key, default)!r}, only {want!r} (MusicLDM) is supported")
-
-
-def _read_config(path):
-    if not path.is_file():
-        raise ValueError(f"{path}: missing (expected in a diffusers MusicLDM folder)")
-    return json.loads(path.read_text())
-
-
-def _weights_file(folder, names, trust):
-    """The first of `names` present in `folder`: safetensors read directly, .bin through the safe torch.load."""
-    for name in names:
-        path = folder / name
-        if path.is_file():
-            return _read_safetensors(path) if path.suffix == ".safetensors" else read_checkpoint(path, trust)
-    raise ValueError(f"{folder}: no weights file, expected one of {names}")
-
-
-def _load_diffusers(folder, trust):
-    """Hugging Face layout: configs translated to ours, tensor names mapped to the official ones."""
-    vae_cfg = _read_config(folder / "vae" / "config.json")
-    voc_cfg = _read_config(folder / "vocoder" / "config.json")
-    levels = len(vae_cfg["block_out_channels"])
-    _require(vae_cfg, {"_class_name": (None, "AutoencoderKL"), "act_fn": ("silu", "silu"),
-                       "norm_num_groups": (32, 32), "mid_block_add_attention": (True, True),
-                       "use_quant_conv": (True, True), "use_post_quant_conv": (True, True),
-                       "down_block_types": (None, ["DownEncoderBlock2D"] * levels),
-                       "up_block_types": (None, ["UpDecoderBlock2D"] * levels)}, folder / "vae" / "config.json")
-    _require(voc_cfg, {"sampling_rate": (16000, SAMPLE_RATE), "leaky_relu_slope": (0.1, 0.1),
-                       "normalize_before": (True, False)}, folder / "vocoder" / "config.json")
-    ch = vae_cfg["block_out_channels"][0]
-    ddconfig = dict(double_z=True, z_channels=vae_cfg["latent_channels"], in_channels=vae_cfg["in_channels"],
-                    out_ch=vae_cfg["out_channels"], ch=ch, ch_mult=[w // ch for w in vae_cfg["block_out_channels"]],
-                    num_res_blocks=vae_cfg["layers_per_block"], attn_resolutions=[])
-    vae = AutoencoderKL(ddconfig, vae_cfg["latent_channels"])
-    vae_state = {}
-    for key, value in _weights_file(folder / "vae", ["diffusion_pytorch_model.safetensors",
-                                                     "diffusion_pytorch_model.bin"], trust).items():
-        key = _official_vae_key(key, levels)
-        if re.search(r"\.attn_1\.(q|k|v|proj_out)\.weight$", key) and value.dim() == 2:
-            value = value[:, :, None, None]  # diffusers attention uses Linear (C, C); LDM 1x1 conv (C, C, 1, 1)
-        vae_state[key] = value
-    vocoder = HiFiGAN(dict(num_mels=voc_cfg["model_in_dim"],
-                           **{k: voc_cfg[k] for k in ["upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel",
-                                                      "resblock_kernel_sizes", "resblock_dilation_sizes"]}))
-    voc_state = {re.sub(r"^upsampler\.", "ups.", k): v
-                 for k, v in _weights_file(folder / "vocoder", ["model.safetensors", "pytorch_model.bin"], trust).items()
-                 if k not in ("mean", "scale")}  # input-normalisation buffers, unused with normalize_before=false
-    return (_load_strict(vae, vae_state, folder / "vae"), _load_strict(vocoder, voc_state, folder / "vocoder"),
-            float(vae_cfg["scaling_factor"]))
-
-
 def _load_official_pair(folder, trust):
     """The official separate files: a Lightning-style VAE state dict and a weight-norm HiFi-GAN generator."""
     vae_file = read_checkpoint(folder / "vae-ckpt.ckpt", trust)
@@ -1205,24 +928,10 @@ def _load_official_pair(folder, trust):
     hifigan_file = read_checkpoint(folder / "hifigan-ckpt.ckpt", trust)
     if "generator" not in hifigan_file:
         raise ValueError(f"{folder / 'hifigan-ckpt.ckpt'}: no 'generator' entry (keys: {sorted(hifigan_file)[:10]})")
-    vae = _load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM), vae_state, folder / "vae-ckpt.ckpt")
-    vocoder = _load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(hifigan_file["generator"]),
+    vae = load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM), vae_state, folder / "vae-ckpt.ckpt")
+    vocoder = load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(hifigan_file["generator"]),
                            folder / "hifigan-ckpt.ckpt")
     return vae, vocoder, MUSICLDM_SCALE_FACTOR
-
-
-def first_stage_state(vae, scale_factor):
-    """Our own first-stage record, stored under "first_stage" in a checkpoint: a VAE decoded by Griffin-Lim (the toy
-    stage). Tensors and plain values only, so it loads with weights_only=True."""
-    return dict(ddconfig=dict(vae.ddconfig), embed_dim=vae.embed_dim, vocoder="griffin-lim",
-                scale_factor=float(scale_factor), vae=vae.state_dict())
-
-
-def _load_own(record, path):
-    """(AutoencoderKL, GriffinLim, scale_factor) from a first_stage_state record."""
-    vae = AutoencoderKL(record["ddconfig"], record["embed_dim"])
-    state = {k: v.float() for k, v in record["vae"].items()}  # exported files hold float16
-    return _load_strict(vae, state, f"{path} (first_stage.vae)"), GriffinLim(), float(record["scale_factor"])
 
 
 def _load_lightning(checkpoint, path):
@@ -1243,41 +952,35 @@ def _load_lightning(checkpoint, path):
             voc_state[name[len("vocoder."):]] = value
         else:
             vae_state[name] = value  # anything but encoder/decoder/quant convs is reported by the strict load
-    vae = _load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM), vae_state, f"{path} ({prefix}*)")
-    vocoder = _load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(voc_state), f"{path} ({prefix}vocoder.*)")
+    vae = load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM), vae_state, f"{path} ({prefix}*)")
+    vocoder = load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(voc_state), f"{path} ({prefix}vocoder.*)")
     return vae, vocoder, float(state["scale_factor"])
 
 
-def load_first_stage(path, trust=False):
+def load_first_stage(src, trust=False, name=None):
     """Load MusicLDM's VAE and HiFi-GAN -> (AutoencoderKL, HiFiGAN, scale_factor), both modules in eval mode.
 
-    `path` is a Lightning .ckpt (first_stage_model.*), a folder with vae-ckpt.ckpt + hifigan-ckpt.ckpt, or a diffusers
-    folder (vae/, vocoder/). Pickle-based files are read with torch.load(weights_only=True) unless `trust` is set.
-    One of our checkpoints with a "first_stage" record (the toy VAE) gives (AutoencoderKL, GriffinLim, scale_factor).
-    """
-    path = pathlib.Path(path)
+    `src` is a Lightning .ckpt path (first_stage_model.*), a folder with vae-ckpt.ckpt + hifigan-ckpt.ckpt, or a
+    Lightning checkpoint already loaded (then `name` names it in errors). Pickle-based files are read with
+    torch.load(weights_only=True) unless `trust` is set. (The diffusers folder: extras/convert_musicldm.py.)"""
+    if isinstance(src, dict):
+        return _load_lightning(src, name or "checkpoint")
+    path = pathlib.Path(src)
     if path.is_dir():
-        if (path / "vae" / "config.json").is_file():
-            return _load_diffusers(path, trust)
         if (path / "vae-ckpt.ckpt").is_file() and (path / "hifigan-ckpt.ckpt").is_file():
             return _load_official_pair(path, trust)
-        raise ValueError(f"{path}: expected a diffusers MusicLDM folder (vae/config.json, vocoder/config.json) "
-                         "or a folder with vae-ckpt.ckpt and hifigan-ckpt.ckpt")
+        hint = " (a diffusers folder: convert it with extras/convert_musicldm.py)" if (path / "vae").is_dir() else ""
+        raise ValueError(f"{path}: expected a folder with vae-ckpt.ckpt and hifigan-ckpt.ckpt{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
-    checkpoint = read_checkpoint(path, trust)
-    if isinstance(checkpoint, dict) and "first_stage" in checkpoint:  # ours: the toy VAE (train.py --stage vae)
-        return _load_own(checkpoint["first_stage"], path)
-    return _load_lightning(checkpoint, path)
+    return _load_lightning(read_checkpoint(path, trust), path)
 
 
 # ======================================================================================================================
 # PART III. CHECKPOINTS: reading files, the official UNet key map, our save / load / export
 # ======================================================================================================================
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Reading a checkpoint file
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Reading a checkpoint file ---------------------------------------------------------------------------------------
 
 def read_checkpoint(path, trust=False):
     """torch.load on CPU. Tensors-only files load safely; pickled objects (Lightning) need trust=True."""
@@ -1292,21 +995,24 @@ def read_checkpoint(path, trust=False):
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# The official SyncTrack / MusicLDM UNet weights: one key table, strict on what we claim
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- The official SyncTrack / MusicLDM UNet weights: one key table, strict on what we claim --------------------------
 
-# Official UNet key fragment -> ours; the first matching row applies. Every other key is the same in both.
+# Official UNet key fragment -> ours, applied in order (each row at most once); every other key is the same in both.
+# The rows below the blank line drop the official Dropout(0)s and one-layer Sequentials from the indices.
 OFFICIAL_KEY_MAP = (
     ("switcher_transform.", "instrument_prior.mlp."),
     ("switcher", "instrument_prior.one_hot"),
-    ("transformer_blocks.0.norm_ct.", "global_attn.norm."),
-    ("transformer_blocks.0.attn_cross_track.", "global_attn.attn."),
-    ("transformer_blocks.0.attn_beat.self_attn.in_proj_", "time_attn.in_proj."),
-    ("transformer_blocks.0.attn_beat.self_attn.out_proj.", "time_attn.out_proj."),
-    ("transformer_blocks.0.attn_beat.", "time_attn."),
-    ("transformer_blocks.0.ff.net.", "ff."),
     ("transformer_blocks.0.", ""),
+    ("norm_ct.", "global_attn.norm."),
+    ("attn_cross_track.", "global_attn.attn."),
+    ("attn_beat.self_attn.in_proj_", "time_attn.in_proj."),
+    ("attn_beat.self_attn.out_proj.", "time_attn.out_proj."),
+    ("attn_beat.", "time_attn."),
+
+    ("out_layers.3.", "out_layers.2."),  # ResBlock: GN, SiLU, Dropout(0), conv
+    ("to_out.0.", "to_out."),            # attention: Sequential(Linear, Dropout(0))
+    ("ff.net.0.", "ff.0."),              # feed-forward: Sequential(GEGLU, Dropout(0), Linear)
+    ("ff.net.2.", "ff.1."),
 )
 SYNCTRACK_NEW = (".global_attn.", ".time_attn.", ".instrument_prior.")  # absent from MusicLDM: start fresh there
 MUSICLDM_IGNORED = ("film_emb.",)                                   # MusicLDM's CLAP FiLM, replaced by the prior
@@ -1318,9 +1024,16 @@ def is_synctrack_new(key):
 
 def official_to_ours(key):
     for theirs, ours in OFFICIAL_KEY_MAP:
-        if theirs in key:
-            return key.replace(theirs, ours, 1)
+        key = key.replace(theirs, ours, 1)
     return key
+
+
+def official_config(unet_config, **overrides):
+    """The SyncTrackConfig matching an official `unet_config` dict (variant "official")."""
+    return SyncTrackConfig(latent_channels=unet_config["in_channels"], model_channels=unet_config["model_channels"],
+                           channel_mult=tuple(unet_config["channel_mult"]), num_res_blocks=unet_config["num_res_blocks"],
+                           attention_ds=tuple(unet_config["attention_resolutions"]),
+                           head_channels=unet_config["num_head_channels"], variant="official", **overrides)
 
 
 def load_official(model, src, ema=True, trust=False, name=None):
@@ -1378,9 +1091,7 @@ def load_official(model, src, ema=True, trust=False, name=None):
                 scale_factor=None if scale is None else float(scale))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Our checkpoints: the config inside (rebuilt from it), atomic writes, a float16 export to share
-# ----------------------------------------------------------------------------------------------------------------------
+# ---- Our checkpoints: the config inside (rebuilt from it), atomic writes, a float16 export to share ------------------
 
 def save_checkpoint(path, model, **extra):
     """Our checkpoint: {"config": asdict(config), "model": state_dict, **extra}, written by write_checkpoint."""

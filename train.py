@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import data
 import synctrack as st
+import toy
 
 # The toy preset's frozen first stage: the shipped checkpoint holds it (train your own with --stage vae)
 TOY_FIRST_STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "synctrack_toy.pt")
@@ -216,12 +217,11 @@ def build_first_stage(args, cfg, init=None):
         raise SystemExit(f"preset {args.preset!r} diffuses MusicLDM latents: give --init musicldm-ckpt.ckpt or "
                          f"--first-stage PATH (MusicLDM weights), or --first-stage offline")
     try:
-        stage = st.make_first_stage(spec, trust=args.trust)
+        stage = toy.make_first_stage(spec, trust=args.trust)
     except (OSError, ValueError) as err:
         raise SystemExit(f"first stage {spec}: {err}") from None
     C, T, F = stage.latent_shape(cfg.clip_samples)
-    kind = "offline" if spec == "offline" else "toy-vae" if isinstance(stage.vocoder, st.GriffinLim) else "musicldm"
-    return stage, dataclasses.replace(cfg, first_stage=kind, latent_channels=C, latent_downsampling=st.MEL_BINS // F,
+    return stage, dataclasses.replace(cfg, first_stage=stage.kind, latent_channels=C, latent_downsampling=st.MEL_BINS // F,
                                       latent_time=T, latent_freq=F)
 
 
@@ -230,8 +230,8 @@ def datasets(args, cfg, stage=None):
     if args.data == "toy" and hasattr(stage, "posterior"):
         return tuple(data.EncodedClips(d, stage, device=args.device) for d in datasets(args, cfg))
     if args.data == "toy":
-        return (data.ToyDataset(args.toy_songs, cfg.clip_samples, seed=args.seed, train=True),
-                data.ToyDataset(max(8, args.toy_songs // 16), cfg.clip_samples, seed=args.seed, train=False))
+        return (toy.ToyDataset(args.toy_songs, cfg.clip_samples, seed=args.seed, train=True),
+                toy.ToyDataset(max(8, args.toy_songs // 16), cfg.clip_samples, seed=args.seed, train=False))
     return (data.SlakhDataset(args.data, args.train_split.split(","), cfg.clip_samples, train=True, seed=args.seed),
             data.SlakhDataset(args.data, args.val_split.split(","), cfg.clip_samples, train=False))
 
@@ -530,7 +530,7 @@ def own_first_stage(run):
     """The toy VAE travels inside every denoiser checkpoint, so sample.py needs no second file."""
     if run.cfg.first_stage != "toy-vae":
         return {}
-    return {"first_stage": st.first_stage_state(run.stage.vae, run.stage.scale_factor)}
+    return {"first_stage": toy.first_stage_state(run.stage.vae, run.stage.scale_factor)}
 
 
 def export(args):
@@ -619,23 +619,6 @@ def finished(args, ckpt):
 # ----------------------------------------------------------------------------------------------------------------------
 # --stage vae: the toy first stage (the paper takes MusicLDM's, Eq. 1 and 3; the toy preset needs its own)
 
-def vae_loss(vae, mel, kl_weight):
-    """LDM autoencoder objective without its GAN: L1(log-mel, VAE_dec(z)) + kl_weight · KL(q(z|mel) ‖ N(0, I)),
-    both averaged per value; z is drawn from the posterior (reparameterised). Returns (loss, L1)."""
-    mean, logvar = vae.encode(mel)                                       # (B, T, F) -> (B, C, T/d, F/d) each
-    z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-    l1 = (vae.decode(z) - mel).abs().mean()
-    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-    return l1 + kl_weight * kl, l1
-
-
-@torch.no_grad()
-def vae_scale_factor(vae, waves):
-    """LDM's scale_factor: 1 / std of the posterior means, so the denoiser sees latents of about unit variance."""
-    mean, _ = vae.encode(st.log_mel(waves.flatten(0, 1)))                # (B, S, N) -> (B·S, T, F) -> (B·S, C, T, F)
-    return 1.0 / mean.std().item()
-
-
 def train_vae(args, ckpt=None):
     """Train the toy first stage on toy clips; ckpt.pt holds it as a first-stage record (scale_factor included)
     that `--first-stage RUN/ckpt.pt` and synctrack.load_first_stage read."""
@@ -645,7 +628,7 @@ def train_vae(args, ckpt=None):
         torch.set_num_threads(args.threads)
     cfg = model_config(args)
     torch.manual_seed(args.seed)
-    vae = st.AutoencoderKL(st.TOY_VAE_DDCONFIG, st.TOY_VAE_EMBED_DIM).to(args.device)
+    vae = st.AutoencoderKL(toy.TOY_VAE_DDCONFIG, toy.TOY_VAE_EMBED_DIM).to(args.device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, epoch, batch_in_epoch = 0, 0, 0
     if ckpt:
@@ -659,7 +642,7 @@ def train_vae(args, ckpt=None):
     val_mel = st.log_mel(val_waves.flatten(0, 1))                        # (16·S, T, F)
     batches_per_epoch = len(train_set) // args.batch_size
     os.makedirs(args.out, exist_ok=True)
-    print(f"toy VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, latent {st.TOY_VAE_EMBED_DIM} x "
+    print(f"toy VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, latent {toy.TOY_VAE_EMBED_DIM} x "
           f"{cfg.clip_samples // st.MEL_HOP // vae.downsampling} x {st.MEL_BINS // vae.downsampling} per track; "
           f"{len(train_set)} clips; device {args.device}")
     log = open_log(os.path.join(args.out, "log.jsonl"), step)
@@ -670,7 +653,7 @@ def train_vae(args, ckpt=None):
             # 1. warm-up, 2. loss on the log-mels of every track of the batch, 3. AdamW
             for group in opt.param_groups:
                 group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-            loss, l1 = vae_loss(vae, st.log_mel(wave.to(args.device).flatten(0, 1)), args.kl_weight)
+            loss, l1 = toy.vae_loss(vae, st.log_mel(wave.to(args.device).flatten(0, 1)), args.kl_weight)
             if not math.isfinite(loss.item()):
                 raise SystemExit(f"step {step}: loss {loss.item()}; stopped, the last good checkpoint is "
                                  f"{args.out}/ckpt.pt")
@@ -685,12 +668,12 @@ def train_vae(args, ckpt=None):
                 vae.eval()
                 with torch.no_grad():
                     val_l1 = (vae.decode(vae.encode(val_mel)[0]) - val_mel).abs().mean().item()
-                    scale = vae_scale_factor(vae, val_waves)
+                    scale = toy.vae_scale_factor(vae, val_waves)
                 vae.train()
                 record = {**(record or dict(step=step)), "val_l1": val_l1, "scale_factor": scale}
                 bar.set_postfix(val_l1=f"{val_l1:.3f}")
                 st.write_checkpoint(os.path.join(args.out, "ckpt.pt"), dict(
-                    first_stage=st.first_stage_state(vae, scale), optimizer=opt.state_dict(), step=step, epoch=epoch,
+                    first_stage=toy.first_stage_state(vae, scale), optimizer=opt.state_dict(), step=step, epoch=epoch,
                     batch_in_epoch=batch_in_epoch, rng=rng_states(), args=vars(args)))
             if record:
                 log.write(json.dumps(record) + "\n")

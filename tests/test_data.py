@@ -1,4 +1,4 @@
-"""data.py: toy songs, both Slakh2100 layouts on tiny files written here, the cache, and the loader."""
+"""data.py: both Slakh2100 layouts on tiny files written here, the cache, and the loader."""
 import os
 
 import numpy as np
@@ -7,6 +7,7 @@ import soundfile as sf
 import torch
 
 import data
+import toy
 
 C = 8000  # clip_samples in these tests: 0.5 s at 16 kHz keeps every file tiny
 
@@ -101,42 +102,6 @@ def slakh(tmp_path):
     return root, tmp_path / "cache"
 
 
-def test_toy_song_is_deterministic_and_levelled():
-    x = data.toy_song(3, 2.0)
-    assert x.shape == (len(data.TRACKS), 32000) and x.dtype == np.float32  # (S, N)
-    np.testing.assert_array_equal(x, data.toy_song(3, 2.0))
-    assert not np.array_equal(x, data.toy_song(4, 2.0))
-    assert (np.abs(x).max(axis=1) > 0.1).all()  # every track plays
-    assert np.abs(x.sum(0)).max() <= 0.95 + 1e-6  # the mixture does not clip
-    bpm, meter = data.toy_tempo(3)
-    assert 105 <= bpm <= 145 and meter in (3, 4)
-
-
-def test_toy_song_drums_hit_the_known_beat():
-    """Drum onsets (energy jumps) fall on k·60/bpm, the ground truth toy_tempo gives the rhythm metrics."""
-    seed, sr = 5, data.SAMPLE_RATE
-    bpm, _ = data.toy_tempo(seed)
-    drums = data.toy_song(seed, 4.0)[1]
-    for k in range(1, int(4.0 * bpm / 60)):
-        i = int(round(k * 60 / bpm * sr))
-        assert np.abs(drums[i:i + 160]).max() > 4 * np.abs(drums[i - 400:i - 80]).max()  # 10 ms after vs before
-
-
-def test_toy_dataset_clips():
-    train = data.ToyDataset(3, C, seed=0, train=True)
-    val = data.ToyDataset(3, C, seed=0, train=False)
-    assert len(train) == len(val) == 3 * 2  # two grid clips per song
-    x = train[0]
-    assert x.shape == (len(data.TRACKS), C) and x.dtype == torch.float32  # (S, c)
-    # Training: the same key gives the same clip, the next epoch's key (i + len) a different one.
-    assert torch.equal(train[0], data.ToyDataset(3, C, seed=0, train=True)[0])
-    assert not torch.equal(train[0], train[len(train)])
-    # Validation: a fixed grid, clip j of song k starts at j·c.
-    assert torch.equal(val[1], val[1])
-    assert torch.equal(val[1], torch.from_numpy(val.songs[0][:, C:2 * C]))
-    assert not np.array_equal(train.songs, val.songs)  # held-out songs
-
-
 def test_clip_sampler_shards_shuffles_and_resumes():
     n = 10
     ranks = [data.ClipSampler(n, train=True, seed=1, rank=r, ranks=3) for r in range(3)]
@@ -153,7 +118,7 @@ def test_clip_sampler_shards_shuffles_and_resumes():
 
 
 def test_loader_batches_do_not_depend_on_workers():
-    ds = data.ToyDataset(2, C, seed=0, train=True)
+    ds = toy.ToyDataset(2, C, seed=0, train=True)
     batches = []
     for workers in (0, 2):
         loader = data.make_loader(ds, 2, train=True, workers=workers, seed=3)
@@ -307,16 +272,3 @@ def test_output_folder_refuses_non_empty_and_replaces_whole(tmp_path):
         data.output_folder(tmp_path / "file", overwrite=True)
 
 
-def test_data_main_writes_the_sample_layout_and_refuses_a_non_empty_folder(tmp_path, capsys):
-    out = tmp_path / "gt"
-    data.main([str(out), "--n", "2", "--clip-samples", "8000"])
-    assert f"wrote 2 toy clips to {out}" in capsys.readouterr().out
-    for folder in data.LAYOUT_FOLDERS:
-        assert sorted(p.name for p in (out / folder).iterdir()) == ["toy_0000.wav", "toy_0001.wav"], folder
-    assert (out / "piano" / "toy_0001.wav").resolve() == (out / "stem_3" / "toy_0001.wav").resolve()
-    first = (out / "mix" / "toy_0000.wav").read_bytes()
-    with pytest.raises(SystemExit, match="not empty"):
-        data.main([str(out), "--n", "1", "--clip-samples", "8000"])
-    assert (out / "mix" / "toy_0000.wav").read_bytes() == first and (out / "mix" / "toy_0001.wav").exists()
-    data.main([str(out), "--n", "1", "--clip-samples", "8000", "--overwrite"])
-    assert sorted(p.name for p in (out / "mix").iterdir()) == ["toy_0000.wav"]

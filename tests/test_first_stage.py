@@ -1,14 +1,11 @@
-"""First stage: log-mel front end, MusicLDM VAE and HiFi-GAN, checkpoint loading, and the offline stage.
+"""First stage: log-mel front end, MusicLDM VAE and HiFi-GAN, checkpoint loading, and the offline stage (toy.py).
 
 Golden values come from tests/fixtures/first_stage_official_small.pt, made by running the official SyncTrack modules
 (mathwanghr/SyncTrack @ 7bbb18b: TacotronSTFT, AutoencoderKL Encoder/Decoder, HiFi-GAN Generator) with seeded
 fp16-exact weights; see tests/fixtures/README.md. Other reference numbers say where they come from.
 """
 import argparse
-import json
 import math
-import pathlib
-import re
 
 import numpy as np
 import pytest
@@ -17,28 +14,9 @@ import torch
 import torch.nn.functional as F
 
 import synctrack as fs
+import toy
+from conftest import MUSICLDM_SCALE, same_weights
 
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "first_stage_official_small.pt"
-MUSICLDM_SCALE = 1.075324296951294  # ucsd-reach/musicldm vae/config.json scaling_factor
-
-
-@pytest.fixture(scope="module")
-def official():
-    return torch.load(FIXTURE, weights_only=False)
-
-
-@pytest.fixture(scope="module")
-def small_vae(official):
-    vae = fs.AutoencoderKL(official["vae_ddconfig"], 8)
-    vae.load_state_dict({k: v.float() for k, v in official["vae_ckpt"]["state_dict"].items()})
-    return vae.eval()
-
-
-@pytest.fixture(scope="module")
-def small_vocoder(official):
-    vocoder = fs.HiFiGAN(official["hifigan_config"])
-    vocoder.load_state_dict(fs.fold_weight_norm(official["hifigan_ckpt"]["generator"]))
-    return vocoder.eval()
 
 
 def spectral_convergence(estimate, target):
@@ -169,7 +147,7 @@ def test_musicldm_first_stage_encode_decode(official, small_vae, small_vocoder):
 
 
 def test_offline_stage_latent_is_an_exact_fold_of_the_mel():
-    stage = fs.OfflineFirstStage()
+    stage = toy.OfflineFirstStage()
     wave = torch.rand(2, 3, 40960, generator=torch.Generator().manual_seed(1)) * 2 - 1
     z = stage.encode(wave)
     assert z.shape == (2, 3) + stage.latent_shape(40960) == (2, 3, 16, 64, 16)
@@ -184,7 +162,7 @@ def test_offline_stage_latent_is_an_exact_fold_of_the_mel():
 
 
 def test_offline_stage_griffin_lim_length_and_convergence(official):
-    stage = fs.OfflineFirstStage()  # 32 iterations
+    stage = toy.OfflineFirstStage()  # 32 iterations
     wave = official["wav"].float()[:40960].reshape(1, 1, -1)  # the first 2.56 s of the fixture clip
     out = stage.decode(stage.encode(wave))
     assert out.shape == wave.shape
@@ -197,11 +175,11 @@ def test_offline_stage_griffin_lim_length_and_convergence(official):
 
 
 def test_make_first_stage_offline():
-    assert isinstance(fs.make_first_stage(None), fs.OfflineFirstStage)
-    assert isinstance(fs.make_first_stage("offline"), fs.OfflineFirstStage)
+    assert isinstance(toy.make_first_stage(None), toy.OfflineFirstStage)
+    assert isinstance(toy.make_first_stage("offline"), toy.OfflineFirstStage)
 
 
-@pytest.mark.parametrize("stage", [fs.OfflineFirstStage(griffin_lim_iters=1), "musicldm"])
+@pytest.mark.parametrize("stage", [toy.OfflineFirstStage(griffin_lim_iters=1), "musicldm"])
 def test_bad_inputs_are_clear_errors(stage, small_vae, small_vocoder):
     if stage == "musicldm":
         stage = fs.MusicLDMFirstStage(small_vae, small_vocoder, MUSICLDM_SCALE)
@@ -225,111 +203,6 @@ def test_bad_inputs_are_clear_errors(stage, small_vae, small_vocoder):
 
 # -----------------------------------------------------------------------------
 # Checkpoint formats
-
-def same_weights(module, reference):
-    ours, theirs = module.state_dict(), reference.state_dict()
-    return ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
-
-
-def diffusers_vae_name(key, levels):
-    """Official LDM name -> diffusers AutoencoderKL name, as diffusers' convert_original_musicldm_to_diffusers.py."""
-    renames = [
-        (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
-        (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
-        (r"^decoder\.up\.(\d+)\.block\.(\d+)\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}."),
-        (r"^decoder\.up\.(\d+)\.upsample\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0."),
-        (r"\.mid\.block_(\d)\.", lambda m: f".mid_block.resnets.{int(m[1]) - 1}."),
-        (r"\.mid\.attn_1\.norm\.", ".mid_block.attentions.0.group_norm."),
-        (r"\.mid\.attn_1\.([qkv])\.", r".mid_block.attentions.0.to_\1."),
-        (r"\.mid\.attn_1\.proj_out\.", ".mid_block.attentions.0.to_out.0."),
-        (r"\.nin_shortcut\.", ".conv_shortcut."),
-        (r"\.norm_out\.", ".conv_norm_out."),
-    ]
-    for pattern, rename in renames:
-        key = re.sub(pattern, rename, key)
-    return key
-
-
-def write_safetensors(path, tensors):
-    """Minimal safetensors writer: u64 little-endian header length, JSON header (padded to 8 bytes), raw bytes."""
-    codes = {torch.float32: "F32", torch.float16: "F16"}
-    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, tensor in tensors.items():
-        data = tensor.contiguous().numpy().tobytes()
-        header[name] = {"dtype": codes[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-    path.write_bytes(len(blob).to_bytes(8, "little") + blob + b"".join(chunks))
-
-
-def write_diffusers_folder(folder, official, vae, vocoder, fmt, extra_vae=None):
-    """A ucsd-reach/musicldm-style folder (vae/ + vocoder/) holding our small fixture weights."""
-    levels = len(official["vae_ddconfig"]["ch_mult"])
-    vae_state = {}
-    for key, value in vae.state_dict().items():
-        name = diffusers_vae_name(key, levels)
-        value = value.half()  # fp16-exact fixture weights: also exercises the F16 reader
-        vae_state[name] = value[:, :, 0, 0] if re.search(r"attentions\.0\.to_(q|k|v|out\.0)\.weight$", name) else value
-    vae_state.update(extra_vae or {})
-    # real diffusers names, spot-checked against diffusers' AutoencoderKL
-    assert {"encoder.mid_block.attentions.0.to_q.weight", "encoder.down_blocks.2.resnets.0.conv_shortcut.weight",
-            "decoder.up_blocks.0.upsamplers.0.conv.weight", "decoder.conv_norm_out.weight"} <= vae_state.keys()
-    voc_state = {re.sub(r"^ups\.", "upsampler.", k): v for k, v in vocoder.state_dict().items()}
-    voc_state.update(mean=torch.zeros(64), scale=torch.ones(64))  # SpeechT5HifiGan's unused normalisation buffers
-    cfg = official["hifigan_config"]
-    widths = [official["vae_ddconfig"]["ch"] * m for m in official["vae_ddconfig"]["ch_mult"]]
-    configs = {
-        "vae": {"_class_name": "AutoencoderKL", "in_channels": 1, "out_channels": 1, "block_out_channels": widths,
-                "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
-                "latent_channels": 8, "layers_per_block": official["vae_ddconfig"]["num_res_blocks"],
-                "norm_num_groups": 32, "act_fn": "silu", "sample_size": 1024, "scaling_factor": MUSICLDM_SCALE},
-        "vocoder": {"architectures": ["SpeechT5HifiGan"], "model_in_dim": 64, "sampling_rate": 16000,
-                    "leaky_relu_slope": 0.1, "normalize_before": False,
-                    **{k: cfg[k] for k in ["upsample_initial_channel", "upsample_rates", "upsample_kernel_sizes",
-                                           "resblock_kernel_sizes", "resblock_dilation_sizes"]}},
-    }
-    files = {"vae": ("diffusion_pytorch_model", vae_state), "vocoder": ("model" if fmt == "safetensors"
-                                                                        else "pytorch_model", voc_state)}
-    for sub, (stem, state) in files.items():
-        (folder / sub).mkdir(parents=True)
-        (folder / sub / "config.json").write_text(json.dumps(configs[sub]))
-        if fmt == "safetensors":
-            write_safetensors(folder / sub / f"{stem}.safetensors", state)
-        else:
-            torch.save(state, folder / sub / f"{stem}.bin")
-    return folder
-
-
-@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
-def test_diffusers_folder_loads_back_identically(tmp_path, official, small_vae, small_vocoder, fmt):
-    folder = write_diffusers_folder(tmp_path / "musicldm", official, small_vae, small_vocoder, fmt)
-    vae, vocoder, scale = fs.load_first_stage(folder)
-    assert scale == MUSICLDM_SCALE
-    assert same_weights(vae, small_vae) and same_weights(vocoder, small_vocoder)  # bit-identical
-    stage = fs.make_first_stage(folder)
-    assert isinstance(stage, fs.MusicLDMFirstStage) and stage.scale_factor == MUSICLDM_SCALE
-
-
-def test_diffusers_folder_errors(tmp_path, official, small_vae, small_vocoder):
-    folder = write_diffusers_folder(tmp_path / "extra", official, small_vae, small_vocoder, "safetensors",
-                                    extra_vae={"encoder.mystery.weight": torch.zeros(3)})
-    with pytest.raises(ValueError, match="encoder.mystery.weight"):
-        fs.load_first_stage(folder)
-    folder = write_diffusers_folder(tmp_path / "norm", official, small_vae, small_vocoder, "bin")
-    config = json.loads((folder / "vocoder" / "config.json").read_text())
-    (folder / "vocoder" / "config.json").write_text(json.dumps({**config, "normalize_before": True}))
-    with pytest.raises(ValueError, match="normalize_before"):
-        fs.load_first_stage(folder)
-
-
-@pytest.fixture
-def small_official_configs(monkeypatch, official):
-    """The official-file loaders build the paper-size modules; shrink them to the fixture's size."""
-    monkeypatch.setattr(fs, "MUSICLDM_DDCONFIG", official["vae_ddconfig"])
-    monkeypatch.setattr(fs, "HIFIGAN_16K_64", official["hifigan_config"])
-
 
 def test_official_vae_and_hifigan_files(tmp_path, official, small_vae, small_vocoder, small_official_configs):
     vae_ckpt = {"state_dict": {**official["vae_ckpt"]["state_dict"], "loss.logvar": torch.zeros(())}}
@@ -377,6 +250,9 @@ def test_lightning_checkpoint_key_errors(tmp_path, official, small_vocoder, smal
 
 def test_unknown_paths(tmp_path):
     with pytest.raises(ValueError, match="vae-ckpt.ckpt and hifigan-ckpt.ckpt"):
+        fs.load_first_stage(tmp_path)
+    (tmp_path / "vae").mkdir()
+    with pytest.raises(ValueError, match="extras/convert_musicldm.py"):  # a diffusers folder: convert it first
         fs.load_first_stage(tmp_path)
     with pytest.raises(FileNotFoundError):
         fs.load_first_stage(tmp_path / "missing.ckpt")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import data
+import toy
 import metrics
 import report
 from data import TRACKS
@@ -24,20 +24,20 @@ CHROMIUM = next((shutil.which(c) for c in ("chromium", "chromium-browser", "goog
 
 
 def write_stem_folder(root, seeds, partial=None):
-    """root/stem_0..stem_3/toy_K.wav of data.toy_song(K), a mix folder for the first piece only, a settings.json;
+    """root/stem_0..stem_3/toy_K.wav of toy.toy_song(K), a mix folder for the first piece only, a settings.json;
     `partial`: (name, tracks) of a piece that has only those tracks."""
     for s in range(len(TRACKS)):
         (root / f"stem_{s}").mkdir(parents=True, exist_ok=True)
     (root / "mix").mkdir(exist_ok=True)
     for k in seeds:
-        song = data.toy_song(k, SECONDS)  # (S, N)
+        song = toy.toy_song(k, SECONDS)  # (S, N)
         for s, wave in enumerate(song):
             sf.write(root / f"stem_{s}" / f"toy_{k}.wav", wave, SR, subtype="PCM_16")
         if k == seeds[0]:
             sf.write(root / "mix" / f"toy_{k}.wav", np.clip(song.sum(0), -1, 1), SR, subtype="PCM_16")
     if partial:
         name, tracks = partial
-        song = data.toy_song(99, SECONDS)
+        song = toy.toy_song(99, SECONDS)
         for t in tracks:
             sf.write(root / f"stem_{TRACKS.index(t)}" / f"{name}.wav", song[TRACKS.index(t)], SR, subtype="PCM_16")
     (root / "settings.json").write_text(json.dumps({"ckpt": "checkpoints/toy_ckpt_x.pt", "steps": 37, "eta": 0.5,
@@ -49,7 +49,7 @@ def write_song_folder(root):
     """The per-song layout, no settings.json: song_a's drums clipped (a full-scale square), song_b's piano silent."""
     for k, name in ((5, "song_a"), (6, "song_b")):
         (root / name).mkdir(parents=True)
-        song = data.toy_song(k, SECONDS)
+        song = toy.toy_song(k, SECONDS)
         if name == "song_a":
             song[1] = np.sign(np.sin(2 * np.pi * 2 * np.arange(song.shape[1]) / SR))
         else:

@@ -16,6 +16,7 @@ import torch
 import data
 import sample
 import synctrack as st
+import toy
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -292,7 +293,7 @@ def test_official_checkpoint_end_to_end(tmp_path, monkeypatch):
     vae.load_state_dict({k: v.float() for k, v in fs["vae_ckpt"]["state_dict"].items()})
     vocoder = st.HiFiGAN(fs["hifigan_config"])
     vocoder.load_state_dict({k: v.float() for k, v in st.fold_weight_norm(fs["hifigan_ckpt"]["generator"]).items()})
-    monkeypatch.setattr(st, "make_first_stage", lambda spec, trust=False: st.MusicLDMFirstStage(vae, vocoder, 1.0))
+    monkeypatch.setattr(toy, "make_first_stage", lambda spec, trust=False: st.MusicLDMFirstStage(vae, vocoder, 1.0))
     sample.main(["--ckpt", str(tmp_path / "official.ckpt"), "--config", str(tmp_path / "unet.json"), "--trust",
                  "--first-stage", "given", "--out", str(tmp_path / "out"), "--n", "1", "--steps", "2"])
     wave, sr = sf.read(tmp_path / "out" / "piano" / "sample_0000.wav")

@@ -1,6 +1,9 @@
-"""The toy path: a small learned first stage (train.py --stage vae) under the denoiser, shipped inside one checkpoint."""
+"""toy.py: toy songs and their clips, the small learned first stage (train.py --stage vae) under the denoiser,
+shipped inside one checkpoint, and `python toy.py` (toy clips as files)."""
 import json
 import pathlib
+
+import numpy as np
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ import torch
 import data
 import sample
 import synctrack as st
+import toy
 import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -18,7 +22,7 @@ TINY = ["--preset", "tiny", "--data", "toy", "--toy-songs", "8", "--batch-size",
 
 def small_vae(seed=0):
     torch.manual_seed(seed)
-    return st.AutoencoderKL({**st.TOY_VAE_DDCONFIG, "ch": 32}, st.TOY_VAE_EMBED_DIM).eval()
+    return st.AutoencoderKL({**toy.TOY_VAE_DDCONFIG, "ch": 32}, toy.TOY_VAE_EMBED_DIM).eval()
 
 
 def log(run):
@@ -32,32 +36,32 @@ def test_folded_vae_shapes_and_fold_one_is_musicldm():
     assert mean.shape == logvar.shape == (3, 8, 32, 8) and vae.downsampling == 8  # fold 4 × one 2× level
     assert vae.decode(mean).shape == mel.shape
     with pytest.raises(ValueError, match="fold"):
-        st.AutoencoderKL({**st.TOY_VAE_DDCONFIG, "in_channels": 1}, 8)
+        st.AutoencoderKL({**toy.TOY_VAE_DDCONFIG, "in_channels": 1}, 8)
     assert st.AutoencoderKL(st.MUSICLDM_DDCONFIG, 8).downsampling == 4
 
 
 def test_first_stage_record_round_trip_and_export(tmp_path):
     vae = small_vae()
-    torch.save({"first_stage": st.first_stage_state(vae, 0.5)}, tmp_path / "vae.pt")
-    loaded, vocoder, scale = st.load_first_stage(tmp_path / "vae.pt")
-    assert isinstance(vocoder, st.GriffinLim) and scale == 0.5
+    torch.save({"first_stage": toy.first_stage_state(vae, 0.5)}, tmp_path / "vae.pt")
+    stage = toy.make_first_stage(tmp_path / "vae.pt")
+    assert stage.kind == "toy-vae" and isinstance(stage.vocoder, toy.GriffinLim) and stage.scale_factor == 0.5
     z = torch.randn(2, 8, 32, 8)
     with torch.no_grad():
-        assert torch.equal(loaded.decode(z), vae.decode(z))
+        assert torch.equal(stage.vae.decode(z), vae.decode(z))
     model = st.SyncTrack(st.SyncTrackConfig(**{**st.PRESETS["toy"]}))
-    st.save_checkpoint(tmp_path / "run.pt", model, first_stage=st.first_stage_state(vae, 0.5), scale_factor=0.5)
+    st.save_checkpoint(tmp_path / "run.pt", model, first_stage=toy.first_stage_state(vae, 0.5), scale_factor=0.5)
     st.export_checkpoint(tmp_path / "run.pt", tmp_path / "small.pt")
     shipped = torch.load(tmp_path / "small.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in shipped["first_stage"]["vae"].values())
-    half, _, _ = st.load_first_stage(tmp_path / "small.pt")  # float16 weights come back as float32
+    half = toy.make_first_stage(tmp_path / "small.pt").vae  # float16 weights come back as float32
     with torch.no_grad():
         assert (half.decode(z) - vae.decode(z)).abs().max() < 1e-2
 
 
 def test_encoded_clips_hold_the_posterior_of_every_clip():
     vae = small_vae()
-    stage = st.MusicLDMFirstStage(vae, st.GriffinLim(1), 0.3)
-    clips = data.ToyDataset(2, 10240, seed=3, train=False)
+    stage = st.MusicLDMFirstStage(vae, toy.GriffinLim(1), 0.3)
+    clips = toy.ToyDataset(2, 10240, seed=3, train=False)
     encoded = data.EncodedClips(clips, stage, batch_size=3)
     assert len(encoded) == len(clips) == 4 and encoded[1].shape == (2, 4, 8, 8, 8)  # [mean, std] × (S, C, T, F)
     wave = clips[1][None]                                                      # (1, S, N)
@@ -72,8 +76,8 @@ def test_vae_stage_learns_and_the_denoiser_trains_and_samples_on_it(tmp_path):
     train.main(TINY + ["--stage", "vae", "--steps", "40", "--val-every", "20", "--out", str(vae_run)])
     val = [r["val_l1"] for r in log(vae_run) if "val_l1" in r]
     assert len(val) == 2 and val[-1] < 0.8 * val[0], val                    # reconstruction improves
-    stage = st.make_first_stage(vae_run / "ckpt.pt")
-    assert isinstance(stage.vocoder, st.GriffinLim) and stage.latent_shape(10240) == (8, 8, 8)
+    stage = toy.make_first_stage(vae_run / "ckpt.pt")
+    assert isinstance(stage.vocoder, toy.GriffinLim) and stage.latent_shape(10240) == (8, 8, 8)
     train.main(TINY + ["--steps", "4", "--first-stage", str(vae_run / "ckpt.pt"), "--out", str(run),
                        "--export", str(tmp_path / "toy.pt")])
     ckpt = torch.load(tmp_path / "toy.pt", weights_only=True)
@@ -83,11 +87,63 @@ def test_vae_stage_learns_and_the_denoiser_trains_and_samples_on_it(tmp_path):
     assert len(list((out / "stem_0").glob("*.wav"))) == 1
 
 
+def test_toy_song_is_deterministic_and_levelled():
+    x = toy.toy_song(3, 2.0)
+    assert x.shape == (len(data.TRACKS), 32000) and x.dtype == np.float32  # (S, N)
+    np.testing.assert_array_equal(x, toy.toy_song(3, 2.0))
+    assert not np.array_equal(x, toy.toy_song(4, 2.0))
+    assert (np.abs(x).max(axis=1) > 0.1).all()  # every track plays
+    assert np.abs(x.sum(0)).max() <= 0.95 + 1e-6  # the mixture does not clip
+    bpm, meter = toy.toy_tempo(3)
+    assert 105 <= bpm <= 145 and meter in (3, 4)
+
+
+def test_toy_song_drums_hit_the_known_beat():
+    """Drum onsets (energy jumps) fall on k·60/bpm, the ground truth toy_tempo gives the rhythm metrics."""
+    seed, sr = 5, data.SAMPLE_RATE
+    bpm, _ = toy.toy_tempo(seed)
+    drums = toy.toy_song(seed, 4.0)[1]
+    for k in range(1, int(4.0 * bpm / 60)):
+        i = int(round(k * 60 / bpm * sr))
+        assert np.abs(drums[i:i + 160]).max() > 4 * np.abs(drums[i - 400:i - 80]).max()  # 10 ms after vs before
+
+
+def test_toy_dataset_clips():
+    train = toy.ToyDataset(3, 8000, seed=0, train=True)
+    val = toy.ToyDataset(3, 8000, seed=0, train=False)
+    assert len(train) == len(val) == 3 * 2  # two grid clips per song
+    x = train[0]
+    assert x.shape == (len(data.TRACKS), 8000) and x.dtype == torch.float32  # (S, c)
+    # Training: the same key gives the same clip, the next epoch's key (i + len) a different one.
+    assert torch.equal(train[0], toy.ToyDataset(3, 8000, seed=0, train=True)[0])
+    assert not torch.equal(train[0], train[len(train)])
+    # Validation: a fixed grid, clip j of song k starts at j·c.
+    assert torch.equal(val[1], val[1])
+    assert torch.equal(val[1], torch.from_numpy(val.songs[0][:, 8000:2 * 8000]))
+    assert not np.array_equal(train.songs, val.songs)  # held-out songs
+
+
+def test_toy_main_writes_the_sample_layout_and_refuses_a_non_empty_folder(tmp_path, capsys):
+    out = tmp_path / "gt"
+    toy.main([str(out), "--n", "2", "--clip-samples", "8000"])
+    assert f"wrote 2 toy clips to {out}" in capsys.readouterr().out
+    for folder in data.LAYOUT_FOLDERS:
+        assert sorted(p.name for p in (out / folder).iterdir()) == ["toy_0000.wav", "toy_0001.wav"], folder
+    assert (out / "piano" / "toy_0001.wav").resolve() == (out / "stem_3" / "toy_0001.wav").resolve()
+    first = (out / "mix" / "toy_0000.wav").read_bytes()
+    with pytest.raises(SystemExit, match="not empty"):
+        toy.main([str(out), "--n", "1", "--clip-samples", "8000"])
+    assert (out / "mix" / "toy_0000.wav").read_bytes() == first and (out / "mix" / "toy_0001.wav").exists()
+    toy.main([str(out), "--n", "1", "--clip-samples", "8000", "--overwrite"])
+    assert sorted(p.name for p in (out / "mix").iterdir()) == ["toy_0000.wav"]
+
+
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped toy checkpoint")
 def test_shipped_toy_first_stage_reconstructs_held_out_clips():
     """The shipped VAE on toy songs it never saw (seed 123): log-mel L1 of the posterior-mean round trip."""
-    vae, _, scale = st.load_first_stage(SHIPPED)
-    clips = data.ToyDataset(8, 40960, seed=123, train=False)
+    stage = toy.make_first_stage(SHIPPED)
+    vae, scale = stage.vae, stage.scale_factor
+    clips = toy.ToyDataset(8, 40960, seed=123, train=False)
     mel = st.log_mel(torch.stack([clips[i] for i in range(8)]).flatten(0, 1))  # (8·S, T, F)
     with torch.no_grad():
         mean, _ = vae.encode(mel)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import synctrack as st
+import toy
 import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_existing_run_folder_is_refused_unless_overwrite(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("flag, value", [("--ckpt-every", "0"), ("--steps", "-1"), ("--batch-size", "0"),
                                          ("--accum", "0"), ("--lr", "nan"), ("--ema", "1.5"), ("--log-every", "0")])
 def test_bad_values_are_refused_before_anything_loads(tmp_path, monkeypatch, flag, value):
-    monkeypatch.setattr(st, "make_first_stage", lambda *a, **k: pytest.fail("loaded before the check"))
+    monkeypatch.setattr(toy, "make_first_stage", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(SystemExit, match=f"^{flag} must be .*, got {value}$"):
         train.main(TINY + [flag, value, "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
@@ -220,10 +221,10 @@ def test_init_from_a_lightning_checkpoint_takes_raw_weights_and_the_ema_shadow(t
     vae.load_state_dict({k: v.float() for k, v in fs["vae_ckpt"]["state_dict"].items()})
     vocoder = st.HiFiGAN(fs["hifigan_config"])
     vocoder.load_state_dict({k: v.float() for k, v in st.fold_weight_norm(fs["hifigan_ckpt"]["generator"]).items()})
-    monkeypatch.setattr(st, "make_first_stage", lambda spec, trust=False: st.MusicLDMFirstStage(vae, vocoder, 1.0))
+    monkeypatch.setattr(toy, "make_first_stage", lambda spec, trust=False: st.MusicLDMFirstStage(vae, vocoder, 1.0))
     monkeypatch.setattr(train, "model_config",
-                        lambda args: st.SyncTrackConfig.from_official(ref["unet_config"], first_stage="musicldm",
-                                                                       clip_samples=40960))
+                        lambda args: st.official_config(ref["unet_config"], first_stage="musicldm",
+                                                    clip_samples=40960))
     prefix, key = "model.diffusion_model.", "input_blocks.0.0.weight"
     shadow = {"model_ema." + ("diffusion_model." + k[len(prefix):]).replace(".", ""): v
               for k, v in ref["state_dict"].items()}
