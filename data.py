@@ -8,6 +8,8 @@ Map of the file:
   read_audio      the one reader: any sound file -> float32 at 16 kHz or its own rate (soundfile + resample_poly)
   find_samples    the folder layouts of multi-track pieces (stem_i, named, per-song), any track names
   atomic_write    every file this repo writes: temporary name + rename, cleaned up and named on failure
+  check_outputs   no output path is an input, inside one, or a folder holding one
+  OutputLock      one writer per output folder at a time (released by the kernel when a run dies)
   output_folder   a result folder is new, empty, or replaced whole (--overwrite); finish_output swaps it in
   write_piece     one piece in the official layout: stem_0..stem_3, named links, mix (sample.py, `python data.py`)
   SlakhDataset    clips of Slakh2100 in either layout, decoded once into a cache and memory-mapped (§5.1, App. A)
@@ -18,6 +20,7 @@ Notation: S tracks (4, in TRACKS order), N samples of a song, c samples of a cli
 Every item is a float32 tensor (S, c). Silence is data: an absent instrument is an all-zero track, as in the official code.
 """
 import errno
+import fcntl
 import hashlib
 import math
 import os
@@ -212,6 +215,60 @@ def atomic_write(path, write):
         raise
 
 
+def check_outputs(outputs, inputs):
+    """Refuse (ValueError, one line naming both flags) an output path that is an input, lies inside an input folder, or
+    is a folder holding an input. `outputs` and `inputs` map a flag (e.g. "--json") to a path or None; paths are
+    compared as named and with links resolved, so a link to an input is the input."""
+    def forms(path):
+        return {pathlib.Path(os.path.abspath(path)), pathlib.Path(os.path.realpath(path))}
+    for out_flag, out in outputs.items():
+        for in_flag, given in inputs.items():
+            if out is None or given is None:
+                continue
+            for o in forms(out):
+                for i in forms(given):
+                    if o == i or i in o.parents or o in i.parents:
+                        raise ValueError(f"{out_flag} {out} would write over or into the input {in_flag} {given}: "
+                                         f"choose another {out_flag}")
+
+
+class OutputLock:
+    """One writer per output at a time: `with OutputLock(out):` holds an exclusive lock on a hidden file beside `out`
+    (.NAME.lock) and raises BlockingIOError naming `out` and the holder's pid when another run holds it. The lock is
+    the kernel's (flock), so a run that crashes or is killed releases it; the lock file is removed on a clean exit."""
+
+    def __init__(self, out):
+        out = pathlib.Path(out).absolute()
+        self.path = out.with_name(f".{out.name}.lock")
+        self.out, self.file = out, None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while self.file is None:
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "?"
+                f.close()
+                raise BlockingIOError(f"{self.out} is being written by another run (pid {holder}): wait for it, or "
+                                      f"choose another output") from None
+            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino:
+                self.file = f  # else the holder removed the file between our open and our lock: try again
+            else:
+                f.close()
+        self.file.truncate(0)
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)  # before unlocking: a waiter that opened the old file sees it is gone
+        self.file.close()
+        self.file = None
+
+
 def output_folder(out, overwrite=False):
     """The folder to write a new result folder `out` into; finish_output(folder, out) completes it.
 
@@ -274,7 +331,6 @@ def write_piece(out, name, waves, sr=SAMPLE_RATE):
     return int((np.abs(waves) > 1).sum() + (np.abs(total) > 1).sum())
 
 
-# ----------------------------------------------------------------------------------------------------------------------
 # ----------------------------------------------------------------------------------------------------------------------
 # Datasets: songs of shape (S, N) cut into clips of c samples
 
