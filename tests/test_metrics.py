@@ -1,4 +1,4 @@
-"""Rhythm metrics (metrics.py §1-§4): parity with the official SyncTrack scripts, known answers, layouts, bad input.
+"""Rhythm metrics (metrics.py): parity with the official SyncTrack scripts, known answers, layouts, bad input.
 
 Golden numbers come from tests/fixtures/metrics/official_results.json: the output of the official
 eval_metrics/{IRS,CBS,CBD}.py (github mathwanghr/SyncTrack @ 7bbb18b) run on the 6 clips in that folder, with their
@@ -29,11 +29,9 @@ def official_beats(name):
 
 
 @pytest.fixture(scope="module")
-def ours(tmp_path_factory):
-    """evaluate() on the fixture once per session: 24 files through madmom in 2 processes, activations cached for
-    the command-line test below."""
-    cache = tmp_path_factory.mktemp("activations")
-    return metrics.evaluate(FIXTURE, workers=2, cache=cache), cache
+def ours():
+    """evaluate() on the fixture once per session: 24 files through madmom in 2 processes."""
+    return metrics.evaluate(FIXTURE, workers=2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -58,7 +56,7 @@ def test_metric_functions_on_official_beats_give_official_numbers():
 def test_our_beats_match_official_beats(ours):
     """Ours: in-process scipy resampling to 44.1 kHz; official: madmom's ffmpeg. Measured on this project's machine:
     all 417 beats of the 24 files identical (max difference 0). We allow one DBN frame (1/150 s) per beat."""
-    result, _ = ours
+    result = ours
     worst, n_beats = 0.0, 0
     for key, official in OFFICIAL["beats"].items():
         stem, file = key.split("/")
@@ -72,7 +70,7 @@ def test_our_beats_match_official_beats(ours):
 
 
 def test_evaluate_gives_official_numbers(ours):
-    result, _ = ours
+    result = ours
     assert result["layout"] == "stem_i" and result["n_samples"] == 6 and result["skipped"] == []
     for i, t in enumerate(TRACKS):
         assert result["irs"][t] == pytest.approx(OFFICIAL["irs_per_stem"][f"stem_{i}"], rel=1e-9)
@@ -253,37 +251,6 @@ def test_all_silent_sample_prints_no_nan(tmp_path, capsys):
     assert metrics.main([str(tmp_path), "--workers", "1"]) == 0  # evaluated; it just has no beats
     out, _ = capsys.readouterr()
     assert "nan" not in out.lower() and "no sample has 2 tracks with beats" in out
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Command line, cache, JSON, plots
-# ---------------------------------------------------------------------------------------------------------------------
-
-def test_command_line_reuses_cache_and_writes_json_and_plots(ours, tmp_path, capsys, monkeypatch):
-    _, cache = ours
-    assert len(list(cache.glob("*.npz"))) == 24  # one activation file per track file
-    monkeypatch.setattr(metrics, "_rnn", None)  # running the RNN now would fail: every activation must be cached
-    out_json, plots = tmp_path / "r.json", tmp_path / "plots"
-    assert metrics.main([str(FIXTURE), "--cache", str(cache), "--json", str(out_json), "--plot", str(plots),
-                         "--workers", "1"]) == 0
-    out, _ = capsys.readouterr()
-    assert "IRS (Eq. 6" in out and f"{OFFICIAL['cbs']:.4f} [" in out and f"{OFFICIAL['cbd']['median']:.4f}" in out
-    assert "over 5 samples; 1 skipped (< 2 beats)" in out  # piano: piano_silent has no beat
-    written = json.loads(out_json.read_text())
-    assert written["cbs"] == pytest.approx(OFFICIAL["cbs"], rel=1e-9) and len(written["per_sample"]) == 6
-    assert sorted(p.name for p in plots.iterdir()) == sorted(n.replace(".wav", ".png") for n in NAMES)
-
-
-def test_cache_entry_changes_with_the_file_and_the_span(tmp_path):
-    f = tmp_path / "a.wav"
-    write(f)
-    entry = metrics._cache_file(tmp_path, f, 0, None)
-    assert entry != metrics._cache_file(tmp_path, f, 0, 4000)  # a segment has its own activations
-    write(f, seconds=0.6)
-    assert metrics._cache_file(tmp_path, f, 0, None) != entry
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="--cache takes a folder"):
-        metrics.evaluate(tmp_path, cache=tmp_path / "file")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

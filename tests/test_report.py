@@ -1,4 +1,4 @@
-"""Listening report and rating page (report.py): contents, embedding, blinding, ratings summary, bad input, and a real
+"""Listening report and rating page (extras/report.py): contents, embedding, blinding, ratings summary, bad input, and a real
 headless browser (skipped without chromium) that must load every player of the page."""
 import base64
 import html
@@ -15,8 +15,8 @@ import soundfile as sf
 
 import toy
 import metrics
-import report
 from data import TRACKS
+from extras import report
 
 SR = 16000
 SECONDS = 2.0
@@ -61,13 +61,11 @@ def write_song_folder(root):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """Two folders and their evaluate() results, computed once (20 files through madmom)."""
+    """Two folders and their evaluate() results, computed once (16 files through madmom)."""
     tmp = tmp_path_factory.mktemp("report")
     a = write_stem_folder(tmp / "model_a", [1, 2], partial=("toy_half", ("bass", "drums")))
     b = write_song_folder(tmp / "truth_b")
-    cache = tmp / "activations"
-    return {"a": a, "b": b, "cache": cache, "ra": metrics.evaluate(a, workers=2, cache=cache),
-            "rb": metrics.evaluate(b, workers=2, cache=cache)}
+    return {"a": a, "b": b, "ra": metrics.evaluate(a, workers=2), "rb": metrics.evaluate(b, workers=2)}
 
 
 def audio_srcs(page):
@@ -206,7 +204,7 @@ def test_ratings_table_and_correlations(folders, tmp_path, capsys):
     is_a = lambda k: k["folder"] == "model_a"  # noqa: E731
     files = [answer_file(tmp_path / f"l{j}.json", key, lambda k: 2 + j if is_a(k) else 5,
                          lambda k, t: 1 if is_a(k) else 3, f"listener {j}") for j in range(2)]
-    assert metrics.main(["ratings", *files, "--json", str(tmp_path / "sum.json")]) == 0
+    assert report.main(["ratings", *files, "--json", str(tmp_path / "sum.json")]) == 0
     text = capsys.readouterr().out
     a_votes = [2] * 3 + [3] * 3  # 3 pieces of model_a, rated 2 by listener 0 and 3 by listener 1
     assert f"model_a  {np.mean(a_votes):.1f} ± {np.std(a_votes, ddof=1):.1f} (6)" in text
@@ -230,24 +228,23 @@ def test_ratings_table_and_correlations(folders, tmp_path, capsys):
 def test_bad_answer_files_are_named(tmp_path, capsys, content, message):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
-    assert metrics.main(["ratings", str(bad)]) == 1
+    assert report.main(["ratings", str(bad)]) == 1
     err = capsys.readouterr().err
     assert str(bad) in err and message in err and "Traceback" not in err
 
 
 def test_command_line(folders, tmp_path, capsys):
     out = tmp_path / "cli.html"
-    assert metrics.main([str(folders["a"]), "--report", str(out), "--cache", str(folders["cache"]),
-                         "--workers", "1"]) == 0
+    assert report.main([str(folders["a"]), "--report", str(out), "--workers", "1"]) == 0
     assert "3 pieces" in capsys.readouterr().out and len(audio_srcs(out.read_text())) == 13
-    assert metrics.main([str(folders["a"]), "--rating"]) == 1  # no --report
+    assert report.main([str(folders["a"]), "--rating"]) == 1  # no --report
     assert "need --report" in capsys.readouterr().err
-    assert metrics.main([str(folders["a"]), "--report", str(tmp_path)]) == 1  # a folder
+    assert report.main([str(folders["a"]), "--report", str(tmp_path)]) == 1  # a folder
     assert "is a folder" in capsys.readouterr().err
-    assert metrics.main([str(folders["a"]), "--report", str(out), "--fps", "100,150"]) == 1  # a grid
+    assert report.main([str(folders["a"]), "--report", str(out), "--fps", "100,150"]) == 1  # a grid
     assert "one --fps" in capsys.readouterr().err
-    assert metrics.main([str(folders["a"]), str(folders["b"]), "--report", str(out), "--rating", "--rating-tracks",
-                         "drums,cello", "--cache", str(folders["cache"]), "--workers", "1"]) == 1
+    assert report.main([str(folders["a"]), str(folders["b"]), "--report", str(out), "--rating", "--rating-tracks",
+                        "drums,cello", "--workers", "1"]) == 1
     assert "cello" in capsys.readouterr().err
 
 
@@ -303,5 +300,5 @@ def test_browser_rating_answers_feed_the_ratings_command(folders, tmp_path, caps
     assert all(set(p["stability"].values()) == {2} for p in answers["pieces"])
     saved = tmp_path / "ann.json"
     saved.write_text(json.dumps(answers))
-    assert metrics.main(["ratings", str(saved)]) == 0
+    assert report.main(["ratings", str(saved)]) == 0
     assert "4.0 ± 0.0 (3)" in capsys.readouterr().out

@@ -1,12 +1,12 @@
 """Listening reports for multi-track music: one self-contained HTML page per folder, and a rating page for listening
 tests like the paper's (SyncTrack, ICLR 2026, App. A.6, Table 3, Fig. 4).
 
-A file of its own because writing HTML, CSS and JavaScript has nothing to do with computing metrics: metrics.py finds
-the pieces and computes IRS/CBS/CBD (find_samples, evaluate); this file puts those numbers next to the audio.
+Writing HTML, CSS and JavaScript has nothing to do with computing metrics: metrics.py finds the pieces and computes
+IRS/CBS/CBD (find_samples, evaluate); this file puts those numbers next to the audio.
 
-    python metrics.py DIR --report report.html            # one card per piece: players, spectrograms, metrics
-    python metrics.py A B --report rate.html --rating     # blinded, shuffled listening test over folders A and B
-    python metrics.py ratings answers/*.json              # mean ± std per folder (Table 3), correlations (Fig. 4)
+    python extras/report.py DIR --report report.html             # one card per piece: players, spectrograms, metrics
+    python extras/report.py A B --report rate.html --rating      # blinded, shuffled listening test over folders A, B
+    python extras/report.py ratings answers/*.json               # mean ± std per folder (Table 3), Fig. 4
 
 The page is one file that works offline from file://: audio as base64 data URIs (past EMBED_LIMIT, or with
 --report-assets, copied into NAME_files/ beside NAME.html and linked relatively), pictures as PNG data URIs,
@@ -16,9 +16,9 @@ Map of the file
     1. pieces(root, result)       every piece under a folder, complete or not, with its files and metrics
     2. audio and pictures         flags (silent, clipped), the mix, a log-frequency spectrogram strip with the beats
     3. the pages                  header (settings, metric table), one card per piece, sort/filter; the rating form
-    4. write_report               the entry point (metrics.py --report; sample.py --report)
+    4. write_report               the entry point (the command line below; sample.py --report)
     5. ratings                    answer files -> mean ± std per folder and the correlation with each metric
-    6. command-line glue          the options metrics.py adds to its rhythm command, and `metrics.py ratings`
+    6. command line               evaluate the folders (metrics.evaluate), print their numbers, write the page
 """
 import argparse
 import base64
@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-import data
-import metrics
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `python extras/report.py` works
+import data  # noqa: E402
+import metrics  # noqa: E402
 
 EMBED_LIMIT = 32 * 2 ** 20  # bytes of audio past which the page links files instead of embedding them: a browser
 # parses the whole page before it shows it (measured: 10 MB pages open in 1-2 s, 21 MB in 6-9 s on a loaded 2-core
@@ -682,8 +683,8 @@ def mean_std(votes):
 
 
 def ratings_main(argv):
-    """`python metrics.py ratings answers/*.json`: print Table 3 and the Fig. 4 correlations."""
-    p = argparse.ArgumentParser(prog="metrics.py ratings", description="Summarise the answer files of a --rating "
+    """`python extras/report.py ratings answers/*.json`: print Table 3 and the Fig. 4 correlations."""
+    p = argparse.ArgumentParser(prog="report.py ratings", description="Summarise the answer files of a --rating "
                                 "page: mean ± std per folder (as Table 3) and the correlation between the ratings and "
                                 "each metric (as Fig. 4).")
     p.add_argument("answers", nargs="+", metavar="JSON", help="answer files downloaded from the rating page")
@@ -723,13 +724,23 @@ def _signed(x):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 6. Command-line glue: the options metrics.py's rhythm command adds, and what they do after its evaluation
+# 6. Command line: evaluate the folders, print their numbers, write the page
 # ---------------------------------------------------------------------------------------------------------------------
 
-def add_arguments(p):
-    """The report options of `python metrics.py DIR [DIR ...]`: several folders are shown side by side (--report) or
-    pooled and blinded (--rating)."""
-    g = p.add_argument_group("listening report (report.py)")
+def _numbers(text):
+    return [float(v) for v in text.split(",")]
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="report.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Listening report of every piece under DIR: one self-contained HTML page with the metrics "
+                    "(metrics.py) beside players and spectrograms; several DIRs side by side (--report) or pooled "
+                    "and blinded (--rating, App. A.6).",
+        epilog="Answers of a rating page: python extras/report.py ratings FILE... prints mean ± std per folder\n"
+               "(Table 3) and the correlation of the ratings with each metric (Fig. 4); see: report.py ratings -h.")
+    metrics.add_arguments(p, number=_numbers)  # DIR..., --tracks, --fps, --tl, --window, --workers, --json
+    g = p.add_argument_group("the page")
     g.add_argument("--report", metavar="HTML", help="write one self-contained HTML page: settings, metric table and "
                                                     "per piece a mix player, solo players and spectrograms with beats")
     g.add_argument("--report-assets", action="store_true",
@@ -737,36 +748,59 @@ def add_arguments(p):
                         f"(automatic past {EMBED_LIMIT // 2 ** 20} MB of audio)")
     g.add_argument("--rating", action="store_true", help="make the page a blinded listening test (App. A.6): 1-5 "
                                                          "synchronisation per piece, 1-3 stability per rated track; "
-                                                         "summarise the answers: metrics.py ratings FILE...")
+                                                         "summarise the answers: report.py ratings FILE...")
     g.add_argument("--rating-tracks", default=",".join(RATING_TRACKS),
                    help="comma-separated tracks with a stability question (default: %(default)s, as App. A.6)")
     g.add_argument("--rating-seed", type=int, default=0, help="seed of the page's piece order (default: "
                                                               "%(default)s; each browser reshuffles)")
+    return p
 
 
 def argument_error(a):
-    """What is wrong with the report options, before any audio is read; None when nothing is."""
-    if not a.report and (a.rating or a.report_assets):
-        return "--rating and --report-assets need --report HTML"
-    if a.report and Path(a.report).is_dir():
+    """What is wrong with the options, before any audio is read; None when nothing is."""
+    if not a.report:
+        needs = a.rating or a.report_assets
+        return "--rating and --report-assets need --report HTML" if needs else "give the page's file: --report HTML"
+    if Path(a.report).is_dir():
         return f"--report {a.report}: is a folder; give the page's file name"
-    if a.report and (len(a.fps) > 1 or len(a.tl) > 1 or a.compare):
-        return "--report shows one beat setting of the given folders: one --fps, one --tl, no --compare"
+    if a.json and Path(a.json).is_dir():
+        return f"--json {a.json}: is a folder; give a file name"
+    if len(a.fps) > 1 or len(a.tl) > 1:
+        return "--report shows one beat setting of the given folders: one --fps, one --tl"
+    if a.workers < 1 or not a.window > 0:
+        return "--workers must be >= 1 and --window > 0"
     return None
 
 
-def from_metrics(a, roots, results):
-    """After metrics.py evaluated `roots` (results, in order): write the page and say what was written. Returns the
-    exit status."""
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ratings"]:
+        return ratings_main(argv[1:])
+    a = _parser().parse_args(argv)
+    problem = argument_error(a)
+    if problem:
+        return metrics.fail(problem)
     try:
+        results = [metrics.evaluate(d, a.window, a.fps[0], a.tl[0], a.workers, progress=True, tracks=a.tracks)
+                   for d in a.dirs]
+        for i, r in enumerate(results):
+            print("\n" if i else "", end="")
+            metrics.print_result(r)
+        if a.json:
+            out = results[0] if len(results) == 1 else {"runs": results}
+            data.atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(metrics._json_safe(out), indent=1)))
+            print(f"\nwrote {a.json}")
         rate = [t.strip() for t in a.rating_tracks.split(",") if t.strip()]
-        w = write_report(roots, a.report, list(results), a.report_assets, a.rating, rate, a.rating_seed)
+        w = write_report(a.dirs, a.report, results, a.report_assets, a.rating, rate, a.rating_seed)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return metrics.fail(err)
     where = "audio embedded"
     if w["assets"]:
         where = f"audio in {w['assets']}/" + (f" (past {EMBED_LIMIT // 2 ** 20} MB)" if w["auto_assets"] else "")
     print(f"wrote {w['path']}: {w['pieces']} pieces, {w['bytes'] / 1e6:.1f} MB "
           f"({w['bytes'] / 1e3 / max(w['pieces'], 1):.0f} kB per piece), {where}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
