@@ -81,8 +81,6 @@ def parse_args(argv=None):
     p.add_argument("--given-dir", metavar="DIR", help="arrange every song of DIR around its stems listed by --keep")
     p.add_argument("--keep", default="drums", help="with --given-dir: comma-separated tracks to keep")
     p.add_argument("--eval", action="store_true", help="run metrics.py on the output and print IRS/CBS/CBD")
-    p.add_argument("--report", metavar="HTML", help="then write the listening report of the output (report.py): "
-                                                    "players, spectrograms with beats, metrics")
     return p.parse_args(argv)
 
 
@@ -94,8 +92,7 @@ def check_args(args):
               (args.batch_size >= 1, f"--batch-size {args.batch_size}: must be at least 1"),
               (args.seed >= 0, f"--seed {args.seed}: must be ≥ 0"),
               (not (args.overwrite and args.resume), "--overwrite and --resume exclude each other"),
-              (not (args.given and args.given_dir), "--given and --given-dir exclude each other"),
-              (not (args.report and Path(args.report).is_dir()), f"--report {args.report}: is a folder; give a file"))
+              (not (args.given and args.given_dir), "--given and --given-dir exclude each other"))
     for ok, message in checks:
         if not ok:
             raise SystemExit(message)
@@ -470,9 +467,7 @@ def finish(args, world, folder, settings, names, clipped, made, skipped, seconds
         print(f"skipped {len(skipped)} songs with unreadable stems: {', '.join(skipped)}")
     if settings["clipped_samples"]:
         print(f"audio clipped to [-1, 1] in {len(settings['clipped_samples'])} pieces (see settings.json)")
-    if args.report:  # prints the metrics too, so --eval need not score the folder a second time
-        metrics.main([str(args.out), "--report", args.report])
-    elif args.eval:
+    if args.eval:
         metrics.main([str(args.out)])
 
 

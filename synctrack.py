@@ -111,10 +111,6 @@ class SyncTrackConfig:
         self.latent_time, self.latent_freq = grid
 
     @property
-    def time_embed_dim(self):
-        return 4 * self.model_channels     # ADM/official: 512 at model_channels 128
-
-    @property
     def latent_shape(self):
         return (len(self.tracks), self.latent_channels, self.latent_time, self.latent_freq)
 
@@ -131,9 +127,8 @@ PRESETS = {
     "toy": dict(latent_downsampling=8, model_channels=32, norm_groups=8, channel_mult=(1, 2, 2), num_res_blocks=1,
                 attention_ds=(2, 4), first_stage="toy-vae", clip_samples=40960),
     # for tests: the smallest model that still has every module
-    "tiny": dict(latent_channels=16, model_channels=32, norm_groups=8,
-                 channel_mult=(1, 1), num_res_blocks=1, attention_ds=(2,), head_channels=16, prior_hidden=32,
-                 first_stage="offline", clip_samples=10240),
+    "tiny": dict(latent_channels=16, model_channels=32, norm_groups=8, channel_mult=(1, 1), num_res_blocks=1,
+                 attention_ds=(2,), head_channels=16, prior_hidden=32, first_stage="offline", clip_samples=10240),
 }
 
 
@@ -148,10 +143,8 @@ def timestep_embedding(step, dim, max_period=10000):
 
 
 class InstrumentPrior(nn.Module):
-    """§3 "Track-specific modules": one-hot track id V → positional encoding → two-layer MLP → e_s.
-
-    The encoding is [sin(V), cos(V)] (one frequency, as the official code) of the anti-diagonal one-hot (official:
-    track s is hot at position S−1−s). The result is concatenated to the time embedding (see SyncTrack.forward)."""
+    """§3 "Track-specific modules": one-hot track id V → positional encoding [sin(V), cos(V)] → two-layer MLP → e_s.
+    The one-hot is anti-diagonal (official: track s is hot at position S−1−s); e_s joins the time embedding."""
 
     def __init__(self, n_tracks, hidden, out_dim):
         super().__init__()
@@ -234,11 +227,9 @@ class Attention(nn.Module):
 
 
 class GlobalCrossTrackAttention(nn.Module):
-    """Eq. (4): Attn(W^Q1 z_{t,f}^s, W^K1 z_{1:T,1:F}^{1:S}, W^V1 z_{1:T,1:F}^{1:S}).
-
-    Every token of every track attends to all tokens of all tracks of the same sample, which is plain self-attention
-    over the sample's S·L tokens. (The official code pairs the queries of sample b with the keys of another sample
-    when B > 1; both variants here are per-sample correct, and equal to the official at B = 1.)"""
+    """Eq. (4): Attn(W^Q1 z_{t,f}^s, W^K1 z_{1:T,1:F}^{1:S}, W^V1 z_{1:T,1:F}^{1:S}): every token of every track attends
+    to all tokens of all tracks of its sample, plain self-attention over S·L tokens. (The official code pairs sample
+    b's queries with another sample's keys when B > 1; ours is per-sample correct, and equal to it at B = 1.)"""
 
     def __init__(self, ch, heads, n_tracks):
         super().__init__()
@@ -303,10 +294,9 @@ class GEGLU(nn.Module):
 
 
 class TrackSharedTransformer(nn.Module):
-    """The attention part of a track-shared module (Fig. 3a), weights shared by all tracks:
-    inner-track attention → global cross-track (②) → time-specific cross-track (③) → inner-track attention → FFN.
-    (The official block has two inner-track self-attentions, `attn1` and `attn2`; the paper draws one.)
-    An ablation (Table 6) removes ② or ③ by setting it to None; SyncTrack-reorder runs ③ before ②."""
+    """The attention part of a track-shared module (Fig. 3a), weights shared by all tracks: inner-track attention →
+    global cross-track (②) → time-specific cross-track (③) → inner-track attention → FFN (the official block has two
+    inner-track attentions, `attn1`, `attn2`; the paper draws one). Table 6 ablations set ② or ③ to None."""
 
     def __init__(self, ch, cfg):
         super().__init__()
@@ -365,15 +355,14 @@ def unet_block(layers):
 
 class SyncTrack(nn.Module):
     """The SyncTrack UNet (Fig. 2b, Table A3). forward(z_l (B, S, C, T, F), step (B,)) -> ε̂ (B, S, C, T, F).
-
     Tracks are folded into the batch, (B, S) -> B·S rows, so convolutions and inner-track attention see one track at
-    a time; the cross-track attentions unfold them again. The module names follow the official UNet, so the released
-    weights map onto it through OFFICIAL_KEY_MAP."""
+    a time; the cross-track attentions unfold them again. Module names follow the official UNet (OFFICIAL_KEY_MAP)."""
 
     def __init__(self, cfg: SyncTrackConfig):
         super().__init__()
         self.config = cfg
-        mc, E, S, G = cfg.model_channels, cfg.time_embed_dim, len(cfg.tracks), cfg.norm_groups
+        mc, S, G = cfg.model_channels, len(cfg.tracks), cfg.norm_groups
+        E = 4 * mc       # time embedding width (ADM/official: 512 at model_channels 128)
         emb_dim = 2 * E  # [time ‖ instrument prior] (official concat; Table A3 4-8), also without the prior (zeros)
         self.time_embed = nn.Sequential(nn.Linear(mc, E), nn.SiLU(), nn.Linear(E, E))
         self.instrument_prior = InstrumentPrior(S, cfg.prior_hidden, E) if cfg.instrument_prior else None
@@ -399,8 +388,7 @@ class SyncTrack(nn.Module):
         # Middle (Table A3 4-19 … 4-21, one official block): ResBlock, attention, ResBlock
         self.middle_block = TrackSharedModule([ResBlock(ch, emb_dim, ch, G), TrackSharedTransformer(ch, cfg),
                                                ResBlock(ch, emb_dim, ch, G)])
-        # Decoder (Table A3 4-22 … 4-33; the output layers are 4-34 … 4-36): each block takes the previous output
-        # concatenated with a skip
+        # Decoder (Table A3 4-22 … 4-33, output layers 4-34 … 4-36): each block takes [previous output ‖ a skip]
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
@@ -414,10 +402,7 @@ class SyncTrack(nn.Module):
                                  zero_init(nn.Conv2d(mc, cfg.latent_channels, 3, padding=1)))
         if cfg.alternate:  # SyncTrack-alternate: ② in the even-numbered transformers (build order), ③ in the odd ones
             for i, transformer in enumerate(m for m in self.modules() if isinstance(m, TrackSharedTransformer)):
-                if i % 2:
-                    transformer.global_attn = None
-                else:
-                    transformer.time_attn = None
+                setattr(transformer, "global_attn" if i % 2 else "time_attn", None)
         self.register_buffer("alphas_cumprod", alpha_bar_schedule(cfg), persistent=False)
 
     def forward(self, z_l, step):
@@ -466,16 +451,14 @@ def ddim_timesteps(n_timesteps, steps):
     """Official convention: uniform steps shifted by one, e.g. 1, 6, …, 996 for 200 of 1000, visited in reverse."""
     if not 1 <= steps < n_timesteps:  # the +1 shift needs the last step below n_timesteps
         raise ValueError(f"steps must be in 1..{n_timesteps - 1}, got {steps}")
-    # exactly `steps` steps spread over the whole range: i·n // steps + 1 is the official i·(n // steps) + 1 when steps
-    # divides n, and for other counts still starts near l = n (400 steps: 1 … 998, not 1 … 799 with z_start pure noise)
+    # i·n // steps + 1 is the official i·(n // steps) + 1 when steps divides n, and spans the range otherwise too
     return torch.arange(steps) * n_timesteps // steps + 1
 
 
 @torch.no_grad()
 def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None, generator=None):
-    """DDIM (Song et al., 2021) from noise z_start (B, S, C, T, F) in `steps` steps; η = 1 is the official default
-    (stochastic), η = 0 deterministic. `generator` is one torch.Generator for all the noise, or a list of B of them:
-    then row b draws from generator b only, so a piece does not depend on the others in its batch.
+    """DDIM (Song et al., 2021) from noise z_start (B, S, C, T, F) in `steps` steps; η = 1 (official) is stochastic,
+    η = 0 deterministic. `generator`: one torch.Generator for all the noise, or a list of B (row b draws from its own).
 
     Arrangement (App. A.8, official `inpainting`): with `known` latents and `known_mask` (S,) or (B, S) bools, the known
     tracks are replaced by their ground truth noised to the current level before every model call, so only the other
@@ -519,10 +502,7 @@ def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None,
 # ======================================================================================================================
 
 # ---- Audio front end: waveform -> log-mel, the "STFT & MelFB" of Eq. (1) ---------------------------------------------
-# Values are the official TacotronSTFT(1024, 160, 1024, 64, 16000, 0, 8000) (mathwanghr/SyncTrack@7bbb18b, the dataset's
-# mel front end).
-
-# SAMPLE_RATE, MEL_HOP and MEL_BINS are defined in Part I (the latent grid follows from them)
+# The official TacotronSTFT(1024, 160, 1024, 64, 16000, 0, 8000); SAMPLE_RATE, MEL_HOP, MEL_BINS are in Part I.
 MEL_N_FFT = 1024  # Appendix A.5: window size 1024 (n_fft = win_length)
 MEL_FMAX = 8000.0  # official config
 MEL_FLOOR = 1e-5  # official dynamic_range_compression clip value: silence = ln(1e-5) = -11.5129
@@ -625,15 +605,6 @@ class VAEDownsample(nn.Module):
         return self.conv(nnf.pad(x, (0, 1, 0, 1)))
 
 
-class VAEUpsample(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x):  # (B, C, T, F) -> (B, C, 2T, 2F)
-        return self.conv(nnf.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
 def _vae_mid(channels):
     """The bottleneck both halves share: ResBlock, attention, ResBlock (official `mid`)."""
     mid = nn.Module()
@@ -684,7 +655,7 @@ class VAEDecoder(nn.Module):
                                          for j in range(num_res_blocks + 1)])
             width = ch * ch_mult[i]
             if i > 0:
-                level.upsample = VAEUpsample(width)
+                level.upsample = Upsample(width)  # Part I's: nearest ×2, then a 3×3 conv
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
         self.norm_out = nn.GroupNorm(32, width, eps=1e-6)

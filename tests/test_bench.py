@@ -1,9 +1,9 @@
-"""bench.py's plumbing on a CPU with the tiny preset: every phase runs and reports; the numbers are not asserted."""
+"""extras/bench.py's plumbing on a CPU with the tiny preset: every phase runs and reports; the numbers are not asserted."""
 import json
 
 import torch
 
-import bench
+from extras import bench
 import synctrack as st
 
 

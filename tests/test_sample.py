@@ -17,6 +17,7 @@ import data
 import sample
 import synctrack as st
 import toy
+from extras import report
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -310,9 +311,12 @@ def test_the_shipped_toy_checkpoint_samples(tmp_path):
     assert sr == 16000 and wave.shape == (model.config.clip_samples,) and np.abs(wave).max() > 0
 
 
-def test_report_after_sampling(ckpt, tmp_path):
-    """sample.py --report: the folder just written, as one self-contained page with a player per track and the mix."""
-    run(ckpt, tmp_path / "o", "--n", "2", "--report", str(tmp_path / "r.html"))
+def test_report_after_sampling(ckpt, tmp_path, capsys):
+    """The listening report (extras/report.py) of the folder sample.py just wrote: one self-contained page with a
+    player per track and the mix."""
+    run(ckpt, tmp_path / "o", "--n", "2")
+    report.main([str(tmp_path / "o"), "--report", str(tmp_path / "r.html")])
     page = (tmp_path / "r.html").read_text()
     assert page.count("<audio") == 2 * 5 and "data:audio/wav;base64," in page
-    refused("is a folder", ["--ckpt", ckpt, "--out", str(tmp_path / "p"), "--report", str(tmp_path)])
+    assert report.main([str(tmp_path / "o"), "--report", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err

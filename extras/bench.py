@@ -1,11 +1,11 @@
 """Benchmarks (speed and memory goals are measured here, never asserted in tests).
 
-    python bench.py paper [--variant official]      # the paper-size path end to end on a CPU, one JSON line per phase
-    python bench.py gpu [--compile both]            # paper-config GPU numbers: train it/s, memory, batch, DDIM, metrics
-    python bench.py denoiser --preset paper --batch-size 16 --device cuda   # training it/s and DDIM step time
-    python bench.py denoiser --preset toy --batch-size 16                   # the CPU toy model
-    python bench.py first-stage [--device cuda]                             # encode/decode per 10.24 s track
-    python bench.py metrics [--pieces 400 --workers 2]                      # files/s at Slakh test scale; grid cost
+    python extras/bench.py paper [--variant official]      # the paper-size path end to end on a CPU, one JSON line per phase
+    python extras/bench.py gpu [--compile both]            # paper-config GPU numbers: train it/s, memory, batch, DDIM, metrics
+    python extras/bench.py denoiser --preset paper --batch-size 16 --device cuda   # training it/s and DDIM step time
+    python extras/bench.py denoiser --preset toy --batch-size 16                   # the CPU toy model
+    python extras/bench.py first-stage [--device cuda]                             # encode/decode per 10.24 s track
+    python extras/bench.py metrics [--pieces 400 --workers 2]                      # files/s at Slakh test scale; grid cost
 
 `paper` runs the real commands a user runs, each in its own process (so each phase's peak RSS is its own): train.py
 (2 steps at batch 1 from a MusicLDM-size first stage with random weights, written as a Lightning-format file),
@@ -31,12 +31,13 @@ import numpy as np
 import soundfile as sf
 import torch
 
-import metrics
-import synctrack as st
-import toy
-import train
-
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import metrics  # noqa: E402  (the repo root is on the path only from here on)
+import synctrack as st  # noqa: E402
+import toy  # noqa: E402
+import train  # noqa: E402
+from extras import metric_study  # noqa: E402
 
 
 def machine(device):
@@ -289,10 +290,10 @@ GRID = {"fps": [100, 150, 200], "tl": [50, 100]}  # six settings, Table A1's row
 
 
 def evaluate_timed(root, workers, **kwargs):
-    """metrics.evaluate with its wall seconds, CPU seconds (this process and its workers) and peak RSS in GB (this
+    """metric_study.evaluate with its wall seconds, CPU seconds (this process and its workers) and peak RSS in GB (this
     process; the largest worker so far)."""
     before, start = os.times(), time.perf_counter()
-    result = metrics.evaluate(root, workers=workers, **kwargs)
+    result = metric_study.evaluate(root, workers=workers, **kwargs)
     wall, after = time.perf_counter() - start, os.times()
     cpu = sum(after[i] - before[i] for i in range(4))  # user + system, self + children (workers end with the pool)
     rss = [resource.getrusage(who).ru_maxrss / 2 ** 20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
@@ -300,7 +301,7 @@ def evaluate_timed(root, workers, **kwargs):
 
 
 def bench_metrics(args):
-    """Toy pieces of --seconds (4 tracks each) scored by metrics.evaluate with --workers processes: first a subset of
+    """Toy pieces of --seconds (4 tracks each) scored by metric_study.evaluate with --workers processes: first a subset of
     --grid-pieces at one setting, as the 6-setting grid, and the grid again from the --cache of activations; then all
     --pieces at one setting (files/s at scale, and whether memory grew with the number of files)."""
     folder = Path(args.dir or tempfile.mkdtemp(prefix="bench_metrics_"))
