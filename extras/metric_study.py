@@ -481,7 +481,6 @@ def _segment(text):
     return seconds
 
 
-
 def _parser():
     p = argparse.ArgumentParser(
         prog="metric_study.py", formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -727,10 +727,6 @@ def _signed(x):
 # 6. Command line: evaluate the folders, print their numbers, write the page
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _numbers(text):
-    return [float(v) for v in text.split(",")]
-
-
 def _parser():
     p = argparse.ArgumentParser(
         prog="report.py", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -739,7 +735,7 @@ def _parser():
                     "and blinded (--rating, App. A.6).",
         epilog="Answers of a rating page: python extras/report.py ratings FILE... prints mean ± std per folder\n"
                "(Table 3) and the correlation of the ratings with each metric (Fig. 4); see: report.py ratings -h.")
-    metrics.add_arguments(p, number=_numbers)  # DIR..., --tracks, --fps, --tl, --window, --workers, --json
+    metrics.add_arguments(p)  # DIR..., --tracks, --fps, --tl, --window, --workers, --json
     g = p.add_argument_group("the page")
     g.add_argument("--report", metavar="HTML", help="write one self-contained HTML page: settings, metric table and "
                                                     "per piece a mix player, solo players and spectrograms with beats")
@@ -765,8 +761,6 @@ def argument_error(a):
         return f"--report {a.report}: is a folder; give the page's file name"
     if a.json and Path(a.json).is_dir():
         return f"--json {a.json}: is a folder; give a file name"
-    if len(a.fps) > 1 or len(a.tl) > 1:
-        return "--report shows one beat setting of the given folders: one --fps, one --tl"
     if a.workers < 1 or not a.window > 0:
         return "--workers must be >= 1 and --window > 0"
     return None
@@ -781,7 +775,7 @@ def main(argv=None):
     if problem:
         return metrics.fail(problem)
     try:
-        results = [metrics.evaluate(d, a.window, a.fps[0], a.tl[0], a.workers, progress=True, tracks=a.tracks)
+        results = [metrics.evaluate(d, a.window, a.fps, a.tl, a.workers, progress=True, tracks=a.tracks)
                    for d in a.dirs]
         for i, r in enumerate(results):
             print("\n" if i else "", end="")
