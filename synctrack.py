@@ -54,8 +54,7 @@ TRACKS = ("bass", "drums", "guitar", "piano")  # §5.1: Slakh2100 4-stem subset,
 
 # ---- Config ----------------------------------------------------------------------------------------------------------
 
-# The audio grid the latents live on (Part II's front end uses the same values)
-SAMPLE_RATE = 16000  # §5.1: audio resampled to 16 kHz
+SAMPLE_RATE = 16000  # §5.1: audio resampled to 16 kHz. These three fix the latent grid (and Part II's front end)
 MEL_HOP = 160        # App. A.5: hop length 160, so one mel frame per 10 ms
 MEL_BINS = 64        # official config: 64 mel bins
 
@@ -462,14 +461,17 @@ def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None,
 
     Arrangement (App. A.8, official `inpainting`): with `known` latents and `known_mask` (S,) or (B, S) bools, the known
     tracks are replaced by their ground truth noised to the current level before every model call, so only the other
-    tracks are generated; the returned latent holds `known` exactly on those tracks."""
+    tracks are generated; the returned latent holds `known` exactly there. A mask of z's rank (e.g. (B, S, 1, T, 1))
+    holds any part of z the same way, such as the first time frames of a window that continues a piece."""
     alpha_bar = model.alphas_cumprod
     visited = ddim_timesteps(model.config.n_timesteps, steps).tolist()
     previous = [0] + visited[:-1]                 # ᾱ_prev of the first (smallest) step is ᾱ_0, not 1 (official)
     shape, device, dtype = z_start.shape, z_start.device, z_start.dtype
     if known is not None:
-        mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device).expand(shape[:2])
-        mask = mask[:, :, None, None, None].to(dtype)                       # (B, S) -> (B, S, 1, 1, 1)
+        mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device)
+        if mask.dim() < len(shape):                                          # whole tracks: (S,) or (B, S)
+            mask = mask.expand(shape[:2])[:, :, None, None, None]            # (B, S) -> (B, S, 1, 1, 1)
+        mask = mask.to(dtype)
 
     def randn():  # N(0, I) of z's shape: (B, S, C, T, F) at once, or row b from generator b
         if isinstance(generator, (list, tuple)):
