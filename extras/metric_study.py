@@ -24,14 +24,12 @@ A "piece" is what is scored as one sample: a whole sample, or one segment of it 
 """
 import argparse
 import hashlib
-import json
 import math
 import os
 import sys
 import warnings
 from itertools import product
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -41,7 +39,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `python extras/metric_study.py` works
 import metrics  # noqa: E402
 import synctrack  # noqa: E402  (log_mel, the model's front end, draws the beat plots)
-from data import atomic_write, find_samples, layout_of, read_audio  # noqa: E402
+from data import atomic_write, check_outputs, cut, find_samples, layout_of, read_audio  # noqa: E402
 from metrics import CBD_KEYS, _fmt, _print_list  # noqa: E402
 
 
@@ -49,42 +47,32 @@ from metrics import CBD_KEYS, _fmt, _print_list  # noqa: E402
 # 1. Evaluating a folder: RNN once per file (or cached), DBN once per setting, pieces scored
 # ---------------------------------------------------------------------------------------------------------------------
 
-class Span(NamedTuple):
-    """Frames [start, stop) of one file (stop None: to its end); `at`: the start in seconds. metrics.score names a
-    piece's files by str(span)."""
-    path: Path
-    start: int = 0
-    stop: int | None = None
-    at: float = 0.0
-
-    def __str__(self):
-        return str(self.path) if self.stop is None else f"{self.path} at {self.at:g} s"
-
-
 def _savez(path, arrays):
     with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a temporary file's name
         np.savez(f, **arrays)
 
 
-def _cache_file(cache, path, start, stop):
+def _cache_file(cache, path, start, stop, rate=None):
     """The cache entry of frames [start, stop) of `path`: keyed by the file's real path (links to one file share an
     entry), size, mtime and span, so a changed file is never served stale. fps and tl are not in the key: the entry
     holds the RNN's activations, the DBN runs after."""
     info = os.stat(path)
     key = f"activations-v1|{os.path.realpath(path)}|{info.st_size}|{info.st_mtime_ns}|{start}|{stop}"
+    key += f"|{rate}" if rate else ""  # read at another rate: other activations
     return Path(cache) / (hashlib.sha1(key.encode()).hexdigest() + ".npz")
 
 
-def _read_activations(path, start, stop, cache):
-    """{"act", "duration", "silent", "peak"} of one span of one file; from the cache folder when it holds them."""
-    entry = _cache_file(cache, path, start, stop) if cache else None
+def _read_activations(path, start, stop, cache, rate=None):
+    """{"act", "duration", "silent", "peak"} of one span of one file read at `rate` (None: its own); from the cache
+    folder when it holds them."""
+    entry = _cache_file(cache, path, start, stop, rate) if cache else None
     if entry is not None and entry.exists():
         try:
             with np.load(entry) as z:
                 return {"act": z["act"], **{k: z[k].item() for k in ("duration", "silent", "peak")}}
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry (e.g. the disk filled up while it was written): computed again, rewritten
-    wave, sr = read_audio(path, sr=None, start=start, stop=stop)  # madmom gets one resampling, to 44.1 kHz
+    wave, sr = read_audio(path, sr=rate, start=start, stop=stop)  # then madmom's resampling, to 44.1 kHz
     act = metrics.activations(wave, sr)
     got = {"act": np.zeros((0, 2), np.float32) if act is None else act, "duration": len(wave) / sr,
            "silent": act is None, "peak": float(np.abs(wave).max())}
@@ -96,9 +84,9 @@ def _read_activations(path, start, stop, cache):
 def _span_job(job):
     """Worker: the activations of one span (RNN or cache), then the DBN once per (fps, tl) setting: metrics'
     _file_beats result with one beat list per setting. Errors come back as text, so one bad file stops nothing."""
-    span, settings, cache = job
+    span, settings, cache, rate = job
     try:
-        got = _read_activations(span.path, span.start, span.stop, cache)
+        got = _read_activations(span.path, span.start, span.stop, cache, rate)
         return {"beats": [metrics.dbn_beats(got["act"], fps, tl).tolist() for fps, tl in settings],
                 **{k: got[k] for k in ("duration", "silent", "peak")}}
     except Exception as err:  # reported against the file; the other files are still evaluated
@@ -106,52 +94,19 @@ def _span_job(job):
         return {"error": f"{type(err).__name__}: {why}"}
 
 
-def _pieces(samples, tracks, segment):
-    """What is scored: {piece: {track: Span}}, {piece: (sample, start in s)}, the samples that could not be cut, and
-    the number of partial segments dropped.
-
-    segment None: one piece per sample, whole files. segment in seconds: the consecutive non-overlapping segments of
-    the sample's shortest track, named NAME@<start>s, each track cut at its own rate; the last partial one dropped.
-    Each segment goes through the RNN and DBN on its own, exactly as if it had been cut into a file. Tracking the
-    whole file once and cutting its beats is not the same: the DBN decodes the whole file at once, and on 30 s toy
-    songs cut into 10 s segments some beats moved by one frame (10 ms at fps 100).
-    """
-    pieces, where, skipped, dropped = {}, {}, [], 0
-    for name, files in samples.items():
-        if segment is None:
-            pieces[name], where[name] = {t: Span(files[t]) for t in tracks}, (name, 0.0)
-            continue
-        info = {}
-        for t in tracks:
-            try:
-                info[t] = sf.info(str(files[t]))
-            except Exception as err:  # a corrupt header: the sample cannot be cut
-                skipped.append(f"{name}: sample skipped; {files[t]}: {type(err).__name__}: {err}")
-                break
-        if len(info) < len(tracks):
-            continue
-        length = {t: int(round(segment * i.samplerate)) for t, i in info.items()}  # frames per segment
-        n = min(i.frames // length[t] for t, i in info.items())
-        dropped += any(i.frames > n * length[t] for t, i in info.items())
-        for k in range(n):
-            piece = f"{name}@{k * segment:g}s"
-            pieces[piece] = {t: Span(files[t], k * length[t], (k + 1) * length[t], k * segment) for t in tracks}
-            where[piece] = (name, k * segment)
-    return pieces, where, skipped, dropped
-
-
 def _as_list(x):
     return [float(v) for v in x] if isinstance(x, (list, tuple)) else [float(x)]
 
 
 def evaluate(root, window=0.15, fps=150, tl=100, workers=None, cache=None, progress=False, tracks=None,
-             segment=None, bootstrap=0, seed=0):
+             segment=None, bootstrap=0, seed=0, rate=None):
     """IRS, CBS and CBD of every complete sample under `root` (any layout of find_samples; `tracks`: its names).
 
     fps, tl: a number, or lists (a grid, Table A1): every (fps, tl) combination is scored, the RNN running once per
     file and the DBN once per setting. `workers` processes (default: all cores); `cache`: a folder of RNN
     activations keyed by file and span (reused by any fps, tl). `segment`: score consecutive segments of that many
-    seconds as the samples (Table A6), None: whole files. Only complete samples count, for IRS too (the official
+    seconds as the samples (Table A6), None: whole files; `rate`: read the audio at this rate first (None: its own;
+    protocol("paper"): the paper's 10.24 s clips at 16 kHz). Only complete samples count, for IRS too (the official
     IRS.py also averages files whose sample lacks a track). `bootstrap`: number of resamples for 95 % intervals
     (0: none). Returns metrics.evaluate's dict for the first setting, and:
       settings["segment"]; ci (with bootstrap); with segment: segments {"length", "pieces", "partial_dropped"} and
@@ -164,9 +119,10 @@ def evaluate(root, window=0.15, fps=150, tl=100, workers=None, cache=None, progr
         Path(cache).mkdir(parents=True, exist_ok=True)
     layout, samples, skipped = find_samples(root, tracks)
     tracks = layout_of(root, tracks)[1]
-    pieces, where, unsegmented, dropped = _pieces(samples, tracks, segment)
+    pieces, where, unsegmented, dropped = cut(samples, tracks, segment)
     spans = [span for keys in pieces.values() for span in keys.values()]
-    results = dict(zip(spans, metrics.run_jobs(_span_job, [(s, settings, cache) for s in spans], workers, progress)))
+    jobs = [(span, settings, cache, rate) for span in spans]
+    results = dict(zip(spans, metrics.run_jobs(_span_job, jobs, workers, progress)))
     grid = []
     for k, (f, t) in enumerate(settings):
         beats_k = {s: {**r, "beats": r["beats"][k]} if "beats" in r else r for s, r in results.items()}  # setting k
@@ -175,7 +131,7 @@ def evaluate(root, window=0.15, fps=150, tl=100, workers=None, cache=None, progr
             for name, v in per_sample.items():
                 v["sample"], v["start"] = where[name]
         r = {"root": str(root), "layout": layout, "tracks": tracks,
-             "settings": {"window": window, "fps": f, "tl": t, "segment": segment},
+             "settings": {"window": window, "fps": f, "tl": t, "segment": segment, "rate": rate},
              **metrics.summarise(per_sample, tracks),
              "skipped": skipped + unsegmented + bad, "notes": notes, "per_sample": per_sample}
         if segment is not None:
@@ -198,11 +154,31 @@ def _piece_table(result):
     return list(per_sample), np.array(rows, dtype=float).reshape(len(rows), len(tracks) + 4)
 
 
-def _summaries(table, n_tracks):
+def _songs(result):
+    """Per piece, the index of the song it comes from: a segment's sample (--segment), else the piece itself."""
+    songs = [v.get("sample", name) for name, v in result["per_sample"].items()]
+    index = {song: i for i, song in enumerate(dict.fromkeys(songs))}
+    return np.array([index[song] for song in songs], dtype=int)
+
+
+def _by_song(table, songs):
+    """(n_songs, S + 4) sums of the values of each song's pieces and (n_songs, S + 4) counts of those values."""
+    shape = (songs.max(initial=-1) + 1, table.shape[1])
+    sums, counts = np.zeros(shape), np.zeros(shape)
+    np.add.at(sums, songs, np.nan_to_num(table))
+    np.add.at(counts, songs, ~np.isnan(table))
+    return sums, counts
+
+
+def _summaries(table, n_tracks, counts=None):
     """(..., n_pieces, S + 4) per-piece values -> (..., S + 5): every column's mean over the pieces that have a
-    value, then the IRS mean over tracks: the numbers evaluate() reports, for any set of pieces."""
+    value, then the IRS mean over tracks: the numbers evaluate() reports, for any set of pieces. With `counts`:
+    `table` holds sums of values over groups of pieces, `counts` how many values each sum adds."""
     with np.errstate(invalid="ignore", divide="ignore"):  # a column without any value is NaN
-        columns = np.nansum(table, axis=-2) / np.sum(~np.isnan(table), axis=-2)
+        if counts is None:
+            columns = np.nansum(table, axis=-2) / np.sum(~np.isnan(table), axis=-2)
+        else:
+            columns = table.sum(axis=-2) / counts.sum(axis=-2)
         irs_tracks = columns[..., :n_tracks]
         irs_mean = np.nansum(irs_tracks, axis=-1) / np.sum(~np.isnan(irs_tracks), axis=-1)
     return np.concatenate([columns, irs_mean[..., None]], axis=-1)
@@ -216,17 +192,21 @@ def _nest(values, tracks):
             "cbd": dict(zip(CBD_KEYS, v[s + 1:s + 4]))}
 
 
-def _resampled(tables, n_tracks, n_boot, seed, paired=False):
-    """(n_boot, S + 5) summaries of pieces drawn with replacement, seeded. Two tables: the second's summaries minus
-    the first's, drawn with the same piece indices for both when paired, independently otherwise."""
+def _resampled(tables, n_tracks, n_boot, seed, paired=False, songs=None):
+    """(n_boot, S + 5) summaries of resampled pieces, seeded: songs drawn with replacement, each with all of its
+    pieces (a cluster bootstrap: the segments of one song are not independent samples). songs: per table, each
+    piece's song index (_songs); None: every piece its own song. Two tables: the second's summaries minus the
+    first's, drawn with the same song indices for both when paired, independently otherwise."""
     rng = np.random.default_rng(seed)
-    chunk = max(1, 4_000_000 // sum(t.size for t in tables))  # resamples per step: about 32 MB of float64 at a time
+    songs = songs or [np.arange(len(t)) for t in tables]
+    grouped = [_by_song(t, g) for t, g in zip(tables, songs)]  # [(sums, counts)], each (n_songs, S + 4)
+    chunk = max(1, 4_000_000 // sum(2 * s.size for s, _ in grouped))  # resamples per step: about 32 MB of float64
     out = []
     for done in range(0, n_boot, chunk):
         c = min(chunk, n_boot - done)
-        draws = [rng.integers(0, len(tables[0]), (c, len(tables[0])))]
-        draws += [draws[0] if paired else rng.integers(0, len(t), (c, len(t))) for t in tables[1:]]
-        s = [_summaries(t[d], n_tracks) for t, d in zip(tables, draws)]  # t[d]: (c, n_pieces, S + 4)
+        draws = [rng.integers(0, len(grouped[0][0]), (c, len(grouped[0][0])))]
+        draws += [draws[0] if paired else rng.integers(0, len(s), (c, len(s))) for s, _ in grouped[1:]]
+        s = [_summaries(sums[d], n_tracks, counts[d]) for (sums, counts), d in zip(grouped, draws)]  # (c, n, S + 4)
         out.append(s[0] if len(s) == 1 else s[1] - s[0])
     return np.concatenate(out)
 
@@ -240,11 +220,13 @@ def _interval(resampled, level):
 
 def bootstrap_intervals(result, n_boot=1000, seed=0, level=0.95):
     """Percentile bootstrap intervals of every number of an evaluate() result: its pieces are drawn with replacement
-    `n_boot` times (seeded) and each number recomputed as evaluate() does. Returns {"irs": {track: [lo, hi], ...,
-    "mean"}, "cbs": [lo, hi], "cbd": {"mean", "std", "median"}, "n_boot", "seed", "level"}."""
+    `n_boot` times (seeded; segments by song, see _resampled) and each number recomputed as evaluate() does.
+    Returns {"irs": {track: [lo, hi], ..., "mean"}, "cbs": [lo, hi], "cbd": {"mean", "std", "median"}, "n_boot",
+    "seed", "level"}."""
     _, table = _piece_table(result)
     s = len(result["tracks"])
-    ci = _interval(_resampled([table], s, n_boot, seed), level) if len(table) and n_boot else [[math.nan] * 2] * (s + 5)
+    ci = (_interval(_resampled([table], s, n_boot, seed, songs=[_songs(result)]), level) if len(table) and n_boot
+          else [[math.nan] * 2] * (s + 5))
     return {**_nest(ci, result["tracks"]), "n_boot": n_boot, "seed": seed, "level": level}
 
 
@@ -252,16 +234,17 @@ def compare(a, b, n_boot=1000, seed=0, level=0.95):
     """The difference b − a of every number of two evaluate() results, with a bootstrap interval.
 
     Paired (the same resampled piece names on both sides) when both hold exactly the same pieces, e.g. two models'
-    arrangements of the same songs; unpaired (independent resamples) otherwise. An interval that excludes 0 says
-    the two folders differ in that number at this level. Returns {"paired", "n": [n_a, n_b], "diff": {...},
-    "ci": {...} (both shaped like evaluate()'s numbers), "n_boot", "seed", "level"}.
+    arrangements of the same songs; unpaired (independent resamples) otherwise; segments are drawn by song. An
+    interval that excludes 0 says the two folders differ in that number at this level. Returns {"paired",
+    "n": [n_a, n_b], "diff": {...}, "ci": {...} (both shaped like evaluate()'s numbers), "n_boot", "seed", "level"}.
     """
     if a["tracks"] != b["tracks"]:
         raise ValueError(f"cannot compare tracks {a['tracks']} with {b['tracks']}; pass the same --tracks")
     (names_a, ta), (names_b, tb) = _piece_table(a), _piece_table(b)
     s, paired = len(a["tracks"]), bool(names_a) and names_a == names_b
     diff = _summaries(tb, s) - _summaries(ta, s)
-    ci = (_interval(_resampled([ta, tb], s, n_boot, seed, paired), level) if len(ta) and len(tb) and n_boot
+    ci = (_interval(_resampled([ta, tb], s, n_boot, seed, paired, [_songs(a), _songs(b)]), level)
+          if len(ta) and len(tb) and n_boot
           else [[math.nan] * 2] * (s + 5))  # no pieces on a side, or no resamples asked for: no interval
     return {"paired": paired, "n": [len(ta), len(tb)], "diff": _nest(diff.tolist(), a["tracks"]),
             "ci": _nest(ci, a["tracks"]), "n_boot": n_boot, "seed": seed, "level": level}
@@ -461,24 +444,29 @@ def _print_compare(a, b, cmp):
 
 def _number_list(text):
     try:
-        values = [float(v) for v in text.split(",")]
+        return [metrics.positive(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be a positive number, got {text!r}")
-    return values
+        raise argparse.ArgumentTypeError(f"expected numbers > 0 separated by commas, got {text!r}") from None
 
 
 def _segment(text):
-    if text == "full":
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"expected seconds > 0 or 'full', got {text!r}")
-    return seconds
+    return text if text in ("auto", "paper", "full") else metrics.positive(text)
+
+
+def protocol(segment="auto", root=None, tracks=None):
+    """(segment, rate) for evaluate() of a --segment choice. "paper": the official test loader's clips, on which the
+    paper scores its Slakh ground truth (Tables 4, 5): consecutive 10.24 s from 0 s read at 16 kHz, the partial last
+    one dropped; "auto": "paper" for a folder of songs (per-song layout), else "full" (as metrics.py does); "full":
+    whole files at their own rate; seconds: segments of that length at the files' own rate."""
+    if segment == "auto":
+        segment = "paper" if layout_of(root, tracks)[0] == "per-song" else "full"
+    return {"paper": (metrics.PAPER_CLIP, synctrack.SAMPLE_RATE), "full": (None, None)}.get(segment, (segment, None))
+
+
+def figure_formats():
+    """The file extensions matplotlib can write a figure as (png, pdf, svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    return sorted(FigureCanvasBase.get_supported_filetypes())
 
 
 def _parser():
@@ -498,9 +486,10 @@ def _parser():
                "x2/3 and the 0.15 s CBS window covers 0.225 s of audio. That is the default here, so numbers\n"
                "compare with the paper's tables. --fps 100 gives beats in true seconds.")
     metrics.add_arguments(p, number=_number_list)  # DIR..., --tracks, --fps, --tl (comma lists: a grid), --window ...
-    p.add_argument("--segment", type=_segment, default=None, metavar="SECONDS",
+    p.add_argument("--segment", type=_segment, default="auto", metavar="SECONDS",
                    help="score consecutive segments of this length as the samples, the last partial one dropped; "
-                        "'full' (default): whole files")
+                        "'paper': 10.24 s clips at 16 kHz, as the paper scores its Slakh ground truth; 'full': whole "
+                        "files; 'auto' (default): 'paper' for a folder of songs (DIR/NAME/TRACK.wav), else 'full'")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resamples for the 95 %% intervals over samples (default: %(default)s; 0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
@@ -519,14 +508,23 @@ def _argument_error(a):
     for flag, path in (("--json", a.json), ("--plot-dist", a.plot_dist)):
         if path and Path(path).is_dir():
             return f"{flag} {path}: is a folder; give a file name"
+    if a.plot_dist and Path(a.plot_dist).suffix[1:].lower() not in figure_formats():
+        return (f"--plot-dist {a.plot_dist}: unknown picture format; give a file name ending in ."
+                + ", .".join(figure_formats()))
+    outputs = {"--json": a.json, "--plot": a.plot, "--plot-dist": a.plot_dist, "--cache": a.cache}
+    try:
+        for flag, d in [("DIR", d) for d in a.dirs] + [("--compare", a.compare)]:
+            check_outputs(outputs, {flag: d})
+    except ValueError as err:
+        return str(err)
     if a.plot and Path(a.plot).exists() and not Path(a.plot).is_dir():
         return f"--plot {a.plot}: is a file; give a folder"
     if a.cache and Path(a.cache).exists() and not Path(a.cache).is_dir():
         return f"--cache {a.cache}: is a file; give a folder (activations are stored one file per track)"
     if a.compare and len(a.dirs) > 1:
         return "--compare compares one DIR with DIR2; give one DIR"
-    if a.workers < 1 or a.bootstrap < 0 or not a.window > 0:
-        return "--workers must be >= 1, --bootstrap >= 0 and --window > 0"
+    if a.workers < 1 or a.bootstrap < 0 or a.seed < 0:
+        return "--workers must be >= 1, --bootstrap >= 0 and --seed >= 0"
     return None
 
 
@@ -552,9 +550,13 @@ def main(argv=None):
     runs = []
     for d in (*a.dirs, *([a.compare] if a.compare else [])):
         try:
+            segment, rate = protocol(a.segment, d, a.tracks)
+            if a.segment == "auto" and segment:
+                print(f"{d}: songs, cut as the official test loader cuts them (Tables 4, 5): consecutive {segment} s "
+                      "clips from 0 s at 16 kHz; whole songs: --segment full", flush=True)
             runs.append(evaluate(d, a.window, a.fps, a.tl, a.workers, a.cache, progress=True, tracks=a.tracks,
-                                 segment=a.segment, bootstrap=a.bootstrap, seed=a.seed))
-        except (FileNotFoundError, ValueError) as err:
+                                 segment=segment, bootstrap=a.bootstrap, seed=a.seed, rate=rate))
+        except (OSError, ValueError) as err:  # FileNotFoundError is an OSError; a cache that cannot be written
             return metrics.fail(err)
     for i, r in enumerate(runs):
         print("\n" if i else "", end="")
@@ -577,10 +579,12 @@ def main(argv=None):
         out = {**runs[0], "compare": [{"root": y["root"], "settings": y["settings"], **cmp,
                                        "other": {k: y[k] for k in ("n_samples", "irs", "cbs", "cbd", "counts")}}
                                       for _, y, cmp in pairs]}
-    if a.json:
-        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(metrics._json_safe(out), indent=1)))
-        print(f"\nwrote {a.json}")
-    _write_figures(a, runs)
+    try:
+        if a.json:
+            metrics.write_json("--json", a.json, out)
+        _write_figures(a, runs)
+    except OSError as err:  # e.g. a full disk: write_json names --json; a figure names its file
+        return metrics.fail(err)
     empty = [r["root"] for r in runs if not r["n_samples"]]
     return metrics.fail("no sample could be evaluated in " + ", ".join(empty)) if empty else 0
 

@@ -84,15 +84,6 @@ def _all_files(root, layout, tracks):
     return found
 
 
-def _tracks(samples, result):
-    """The track names, in order: evaluate()'s, else find_samples()'s, else the paper's four."""
-    for sample in result.get("per_sample", {}).values():
-        return list(sample["beats"])
-    for sample in samples.values():
-        return [t for t in sample if t != data.MIX]
-    return list(data.TRACKS)
-
-
 def flat_metrics(sample, tracks):
     """One piece's numbers as flat keys (cbs, cbd_mean, cbd_std, cbd_median, irs_<track>, irs_mean); NaN -> None."""
     if sample is None:
@@ -109,8 +100,8 @@ def pieces(root, result):
     name, each {"name", "files" {track: Path or None}, "mix" Path or None, "sample" (evaluate's per_sample entry,
     or None), "why" (reasons it was not evaluated)}; notes: the folder's problems that name no piece."""
     root = Path(root)
-    layout, samples, problems = data.find_samples(root)
-    tracks = _tracks(samples, result)
+    layout, samples, problems = data.find_samples(root, result.get("tracks"))  # --tracks, e.g. MUSDB18's
+    tracks = data.layout_of(root, result.get("tracks"))[1]
     found = _all_files(root, layout, tracks)
     reasons = [*problems, *result.get("skipped", [])]
     out, attributed = [], set()
@@ -283,8 +274,7 @@ def _esc(x):
     return html.escape(str(x), quote=True)
 
 
-def _fmt(x, digits=4):
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+_fmt = metrics._fmt  # "n/a" for None and NaN
 
 
 def metric_label(key):
@@ -552,10 +542,10 @@ def write_report(roots, out_html, results=None, assets=False, rating=False, rati
                  **evaluate_kwargs):
     """Write the listening report (or, with rating=True, the listening-test page) of one or several folders.
 
-    roots: a folder or a list of folders (any layout of data.find_samples; settings.json optional).
-    results: evaluate()'s result for the folder, or a list with one per folder; None entries are computed with
-    metrics.evaluate(root, **evaluate_kwargs). assets: link audio files in OUT_files/ instead of embedding (chosen
-    automatically past EMBED_LIMIT). rating_tracks: tracks with a stability question. seed: the page's piece order.
+    roots: a folder or a list of folders (any layout of data.find_samples; settings.json optional). results:
+    evaluate()'s result per folder; None: metrics.evaluate(root, **evaluate_kwargs). assets: link audio files in
+    OUT_files/ instead of embedding (automatic past EMBED_LIMIT). rating_tracks: tracks with a stability question.
+    seed: the page's piece order.
     Returns {"path", "pieces", "bytes" (of the page), "audio_bytes", "assets" (folder or None), "auto_assets"}.
     """
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
@@ -609,20 +599,24 @@ def load_answers(path):
     path = Path(path)
     try:
         answers = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested too deep to be an answer file
+        raise ValueError(f"{path}: not a readable JSON file ({type(err).__name__}: {err})") from None
     if not isinstance(answers, dict) or answers.get("format") != FORMAT:
         raise ValueError(f"{path}: \"format\" is not {FORMAT!r}; is it an answer file of a --rating page?")
-    if not isinstance(answers.get("pieces"), list):
-        raise ValueError(f"{path}: \"pieces\" missing or not a list")
+    if not isinstance(answers.get("pieces"), list) or not isinstance(answers.get("listener") or "", str):
+        raise ValueError(f"{path}: \"pieces\" missing or not a list, or \"listener\" not text; download it again")
     for i, p in enumerate(answers["pieces"]):
         where = f"{path}: pieces[{i}]"
-        missing = [k for k in ("folder", "name", "metrics", "sync", "stability") if k not in p]
-        if missing:
-            raise ValueError(f"{where}: missing {', '.join(missing)}")
+        types = {"folder": str, "name": str, "metrics": dict, "sync": (int, type(None)), "stability": dict}
+        wrong = [k for k, kind in types.items() if not isinstance(p, dict) or not isinstance(p.get(k, ()), kind)]
+        if wrong:
+            raise ValueError(f"{where}: missing or of the wrong kind: {', '.join(wrong)} (download it again)")
         _check_rating(p["sync"], SYNC_SCALE, f"{where}.sync")
         for t, v in p["stability"].items():
             _check_rating(v, STABILITY_SCALE, f"{where}.stability.{t}")
+        bad = [k for k, v in p["metrics"].items() if not (v is None or type(v) in (int, float))]
+        if bad:
+            raise ValueError(f"{where}.metrics: {', '.join(bad)} not a number or null (download it again)")
     return answers
 
 
@@ -690,11 +684,9 @@ def ratings_main(argv):
     p.add_argument("answers", nargs="+", metavar="JSON", help="answer files downloaded from the rating page")
     p.add_argument("--json", metavar="OUT", help="write the summary and the correlations to this JSON file")
     a = p.parse_args(argv)
-    try:
-        all_answers = [load_answers(path) for path in a.answers]
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    for path in a.answers:  # before reading any: --json must not replace an answer file
+        data.check_outputs({"--json": a.json}, {"JSON": path})
+    all_answers = [load_answers(path) for path in a.answers]  # ValueError naming the file: main() prints it
     summary = summarise(all_answers)
     tracks = sorted({t for f in summary["folders"].values() for t in f["stability"]})
     listeners = {x.get("listener") or f"file {i}" for i, x in enumerate(all_answers)}
@@ -713,9 +705,7 @@ def ratings_main(argv):
         print(f"  {rating:<22} vs {metric_label(c['metric']):<14} ({c['expected']})  "
               f"Pearson r {_signed(c['pearson'])}  Spearman ρ {_signed(c['spearman'])}  over {c['n']} pieces")
     if a.json:
-        out = {"folders": summary["folders"], "correlations": corr, "files": a.answers}
-        data.atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
-        print(f"\nwrote {a.json}")
+        metrics.write_json("--json", a.json, {"folders": summary["folders"], "correlations": corr, "files": a.answers})
     return 0
 
 
@@ -735,7 +725,7 @@ def _parser():
                     "and blinded (--rating, App. A.6).",
         epilog="Answers of a rating page: python extras/report.py ratings FILE... prints mean ± std per folder\n"
                "(Table 3) and the correlation of the ratings with each metric (Fig. 4); see: report.py ratings -h.")
-    metrics.add_arguments(p)  # DIR..., --tracks, --fps, --tl, --window, --workers, --json
+    metrics.add_arguments(p, number=float)  # DIR..., --tracks, --fps, --tl (one each), --window, --workers, --json
     g = p.add_argument_group("the page")
     g.add_argument("--report", metavar="HTML", help="write one self-contained HTML page: settings, metric table and "
                                                     "per piece a mix player, solo players and spectrograms with beats")
@@ -761,15 +751,25 @@ def argument_error(a):
         return f"--report {a.report}: is a folder; give the page's file name"
     if a.json and Path(a.json).is_dir():
         return f"--json {a.json}: is a folder; give a file name"
-    if a.workers < 1 or not a.window > 0:
-        return "--workers must be >= 1 and --window > 0"
-    return None
+    assets = Path(a.report).with_name(Path(a.report).stem + "_files")  # written with --report-assets or large pages
+    outputs = {"--json": a.json, "--report": a.report, "--report (its audio folder)": assets}
+    try:
+        for d in a.dirs:
+            data.check_outputs(outputs, {"DIR": d})
+    except ValueError as err:
+        return str(err)
+    if not all(math.isfinite(v) and v > 0 for v in (a.fps, a.tl)):
+        return "--fps and --tl must be finite numbers > 0"
+    return "--workers must be >= 1" if a.workers < 1 else None
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["ratings"]:
-        return ratings_main(argv[1:])
+        try:
+            return ratings_main(argv[1:])
+        except (OSError, ValueError) as err:  # a bad answer file or --json, named in the message
+            return metrics.fail(err)
     a = _parser().parse_args(argv)
     problem = argument_error(a)
     if problem:
@@ -781,13 +781,13 @@ def main(argv=None):
             print("\n" if i else "", end="")
             metrics.print_result(r)
         if a.json:
-            out = results[0] if len(results) == 1 else {"runs": results}
-            data.atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(metrics._json_safe(out), indent=1)))
-            print(f"\nwrote {a.json}")
+            metrics.write_json("--json", a.json, results[0] if len(results) == 1 else {"runs": results})
         rate = [t.strip() for t in a.rating_tracks.split(",") if t.strip()]
         w = write_report(a.dirs, a.report, results, a.report_assets, a.rating, rate, a.rating_seed)
     except (FileNotFoundError, ValueError) as err:
         return metrics.fail(err)
+    except OSError as err:  # a full disk, a folder that cannot be made: --json names itself, the page here
+        return metrics.fail(err if str(err).startswith("--") else f"--report: {err}; free space or choose another")
     where = "audio embedded"
     if w["assets"]:
         where = f"audio in {w['assets']}/" + (f" (past {EMBED_LIMIT // 2 ** 20} MB)" if w["auto_assets"] else "")
