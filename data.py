@@ -28,6 +28,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import typing
 
 import numpy as np
@@ -439,7 +440,7 @@ def _sum(xs):
 
 def _fingerprint(paths):
     """Changes when any source file is added, removed, rewritten or touched: names the cache entry of a song."""
-    h = hashlib.sha1(f"v1 {SAMPLE_RATE}".encode())
+    h = hashlib.sha1(f"float32 {SAMPLE_RATE}".encode())
     for p in paths:
         st = p.stat()
         h.update(f"{p.name} {st.st_size} {st.st_mtime_ns}\n".encode())
@@ -457,10 +458,11 @@ class SlakhDataset(Clips):
         stems/SXX.wav, Track folders directly in the root) is this layout with split='.'.
 
     `split` is one split or a list (the official config trains on ['train', 'validation'] and validates on 'test');
-    `omitted/` is never read. Every song is decoded once, resampled to 16 kHz and cached as float16 (S, N) in `cache_dir`
-    (default ~/.cache/synctrack/slakh/<hash of root>), never next to the audio; items are read by memory-mapping the cache.
-    A changed source file invalidates its song's cache entry. Stems of unequal length are zero-padded to the longest.
-    `self.report` says how many songs and clips were kept, why any song was dropped, and which tracks are silent.
+    `omitted/` is never read. Every song is decoded once, resampled to 16 kHz and cached as float32 (S, N) in
+    `cache_dir` (default ~/.cache/synctrack/slakh/<hash of root>), never next to the audio: the samples the official
+    code reads from the audio files. Items are read by memory-mapping the cache. A changed source file invalidates its song's cache
+    entry. Stems of unequal length are zero-padded to the longest. `self.report` says how many songs and clips were
+    kept, why any song was dropped, and which tracks are silent (no file, no rendered stem, or a file of zeros).
     """
 
     def __init__(self, root, split, clip_samples, cache_dir=None, train=True, seed=0):
@@ -527,21 +529,25 @@ class SlakhDataset(Clips):
         """(cache file, N, notes) of one song, decoding and caching it first unless an up-to-date entry exists."""
         files, notes, deps = self._sources(song)
         path = self.cache_dir / split / f"{song.name}.{_fingerprint(deps)}.npy"
+        silent = path.with_suffix(".silent")  # the tracks with source files that hold only zeros, one name a line
         if not path.exists():
             tracks = [_sum([read_audio(f)[0] for f in fs]) for fs in files]
-            # (S, N) in float16: half the disk of float32, keeps quiet stems' detail (unlike int16) and cannot clip.
-            audio = np.zeros((len(TRACKS), max(len(x) for x in tracks)), np.float16)
+            audio = np.zeros((len(TRACKS), max(len(x) for x in tracks)), np.float32)  # (S, N)
             for s, x in enumerate(tracks):
                 audio[s, :len(x)] = x
             path.parent.mkdir(parents=True, exist_ok=True)
-            for old in path.parent.glob(f"{song.name}.*.npy"):  # stale entries of this song
-                if old != path:  # (another rank may have just written this one)
+            for old in path.parent.glob(f"{song.name}.*"):  # stale entries of this song
+                if old.stem != path.stem:  # (another rank may have just written this one)
                     old.unlink(missing_ok=True)
+            zeros = [t for s, t in enumerate(TRACKS) if files[s] and not audio[s].any()]
+            atomic_write(silent, lambda tmp: tmp.write_text("".join(t + "\n" for t in zeros)))
             atomic_write(path, lambda tmp: _save_npy(tmp, audio))  # a killed run or a parallel rank: never half a file
+        notes += [f"{song}: {t} is all zeros in its source file(s); {t} is silent"
+                  for t in silent.read_text().split()] if silent.exists() else []
         return path, np.load(path, mmap_mode="r").shape[1], notes
 
     def song(self, k):
-        return np.load(self.paths[k], mmap_mode="r")  # (S, N) float16, read lazily by the OS
+        return np.load(self.paths[k], mmap_mode="r")  # (S, N) float32, read lazily by the OS
 
 
 def _save_npy(path, array):
@@ -593,21 +599,29 @@ def make_loader(dataset, batch_size, train, workers=2, distributed=False, seed=0
     return torch.utils.data.DataLoader(
         dataset, batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(), drop_last=train,  # full batches only in training: steady statistics
-        generator=torch.Generator().manual_seed(seed))  # worker seeds from here, not from the global RNG (exact resume)
+        generator=torch.Generator().manual_seed(seed),  # worker seeds from here, not from the global RNG (exact resume)
+        worker_init_fn=_ignore_interrupt)
+
+
+def _ignore_interrupt(worker_id):
+    """Ctrl-C reaches every process of the terminal: workers go on serving, and train.py stops after its step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class EncodedClips(torch.utils.data.Dataset):
-    """The grid clips of a ToyDataset or SlakhDataset, kept as their first-stage posterior: item (2, S, C, T, F) =
+    """Clips of a ToyDataset or SlakhDataset, kept as their first-stage posterior: item (2, S, C, T, F) =
     [mean, std] of the scaled latent, so a training step draws z = mean + std·ε (what stage.encode(sample=True) draws)
     without running the encoder again. For a learned first stage on a CPU, where the encoder costs more than a toy
-    denoiser step. The clips are fixed (no random offsets); training keys wrap around as in Clips."""
+    denoiser step. The clips are fixed: in every song, one starts every `hop` samples (default: the clip length, the
+    validation grid; train.py trains on half a clip, so neighbouring clips overlap by half). Keys wrap as in Clips."""
 
-    def __init__(self, dataset, stage, batch_size=32, device="cpu"):
-        c = dataset.clip_samples
+    def __init__(self, dataset, stage, batch_size=32, device="cpu", hop=None):
+        c, hop = dataset.clip_samples, hop or dataset.clip_samples
+        self.clips = [(k, o) for k, n in enumerate(dataset.lengths) for o in range(0, n - c + 1, hop)]  # (song, start)
         posteriors = []
-        for i in tqdm(range(0, len(dataset.clips), batch_size), "encoding clips", leave=False, disable=None):
+        for i in tqdm(range(0, len(self.clips), batch_size), "encoding clips", leave=False, disable=None):
             wave = torch.from_numpy(np.stack([np.asarray(dataset.song(k)[:, o:o + c], np.float32)
-                                              for k, o in dataset.clips[i:i + batch_size]]))  # (b, S, c)
+                                              for k, o in self.clips[i:i + batch_size]]))  # (b, S, c)
             posteriors.append(torch.stack(stage.posterior(wave.to(device)), 1).cpu())  # (b, 2, S, C, T, F)
         self.posteriors = torch.cat(posteriors)
         self.report = dataset.report

@@ -281,7 +281,7 @@ def make_first_stage(spec, trust=False):
     return st.MusicLDMFirstStage(*st.load_first_stage(path, trust))
 
 
-# ---- Training the toy VAE (train.py --stage vae): LDM's autoencoder objective without its GAN ----------------------
+# ---- Training the toy VAE (train.py --stage vae, toy songs or Slakh): LDM's autoencoder objective, no GAN ------
 
 def vae_loss(vae, mel, kl_weight):
     """LDM autoencoder objective without its GAN: L1(log-mel, VAE_dec(z)) + kl_weight · KL(q(z|mel) ‖ N(0, I)),
@@ -298,6 +298,14 @@ def vae_scale_factor(vae, waves):
     """LDM's scale_factor: 1 / std of the posterior means, so the denoiser sees latents of about unit variance."""
     mean, _ = vae.encode(st.log_mel(waves.flatten(0, 1)))                # (B, S, N) -> (B·S, T, F) -> (B·S, C, T, F)
     return 1.0 / mean.std().item()
+
+
+@torch.no_grad()
+def vae_validation(vae, waves):
+    """On fixed clips (B, S, N): L1 of the posterior-mean round trip of their log-mels, and vae_scale_factor."""
+    mel = st.log_mel(waves.flatten(0, 1))                                # (B, S, N) -> (B·S, T, F)
+    mean, _ = vae.encode(mel)
+    return dict(val_l1=(vae.decode(mean) - mel).abs().mean().item(), scale_factor=vae_scale_factor(vae, waves))
 
 
 # ---- Command line: toy clips as files, e.g. the ground truth that metrics.py scores ---------------------------------

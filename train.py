@@ -1,16 +1,17 @@
-"""Train SyncTrack (§5.1, App. A.5; optimiser and EMA as the official code).
+"""Train SyncTrack (§5.1, App. A.5; optimiser, warm-up and EMA as the official code).
 
-    python train.py --preset toy                                     # a small model on a laptop CPU, no downloads
-    python train.py --data slakh/ --init ckpt/musicldm-ckpt.ckpt --trust   # the paper: fine-tune from MusicLDM
-    torchrun --nproc_per_node 8 train.py --data slakh/ --init ...    # several GPUs (or nodes) with DDP
-    python train.py --resume runs/toy [--steps N]                    # continue exactly where a run stopped
-    python train.py --preset toy --init checkpoints/synctrack_toy.pt --lr 3e-5 --steps 2000 --out runs/more  # go on
-    python train.py --stage vae --preset toy                         # the toy first stage (a small MusicLDM-style VAE)
+    python train.py                                      # the toy model on toy songs: a laptop CPU, no downloads
+    python train.py --data slakh/ --init musicldm-ckpt.ckpt --trust   # the paper: fine-tune MusicLDM on Slakh2100
+    torchrun --nproc_per_node 8 train.py --data slakh/ --init ...     # several GPUs (or nodes) with DDP
+    python train.py --resume runs/toy [--steps N]        # continue exactly where a run stopped (or was Ctrl-C'd)
+    python train.py --stage vae --data slakh/            # the toy first stage, on toy songs or your own audio
+    python train.py --preset toy --data slakh/ --first-stage runs/toy-vae/ckpt.pt   # then the toy model on it
 
 One step: batch of waveforms (B, S, N) → frozen first stage → latents z (B, S, C, T, F) → ε-loss of Eq. (2) →
-backward → gradient check → AdamW → EMA. Checkpoints hold config, weights, EMA, optimiser, step, RNG states and the
-data position. A run folder is never reused by accident: an existing one is refused unless --resume or --overwrite.
-Toy clips through a learned first stage are encoded once (data.EncodedClips), so a step draws z = mean + std·ε.
+backward → health check → AdamW → EMA. A learned toy first stage encodes every clip once (data.EncodedClips).
+Checkpoints hold config, weights, EMA, optimiser, step, RNG states and the data position. One run per --out at a time;
+a folder holding a run is refused unless --resume or --overwrite, and --overwrite keeps the old run until the new one
+has written its first checkpoint. Ctrl-C writes a checkpoint at the step reached and says how to resume.
 """
 import argparse
 import contextlib
@@ -20,6 +21,8 @@ import itertools
 import json
 import math
 import os
+import shutil
+import signal
 import time
 from dataclasses import dataclass
 
@@ -31,98 +34,89 @@ import data
 import synctrack as st
 import toy
 
-# The toy preset's frozen first stage: the shipped checkpoint holds it (train your own with --stage vae)
-TOY_FIRST_STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "synctrack_toy.pt")
-DEFAULTS = dict(
-    stage="denoiser", data="toy",
-    batch_size=16,         # §5.1 / official config
-    lr=3e-5,               # official (AdamW; the paper says Adam)
-    weight_decay=0.01,     # official: torch AdamW default
-    warmup=1000,           # official: linear warm-up over the first 1000 steps
-    ema=0.9999,            # official LitEma decay
-    steps=20000,
-    accum=1,               # gradient accumulation (micro-batches per optimiser step)
-    val_every=1000, ckpt_every=1000, log_every=50, val_batches=8,
-    spike=10.0,            # skip a batch whose loss exceeds this × its running mean, stop after SPIKE_PATIENCE in a
-                           # row (0: off); NaN/inf always stops
-    toy_songs=512, seed=0, train_split="train", val_split="validation",
-)
-# Per-preset training defaults over DEFAULTS: the toy model learns from scratch on a CPU, so it takes a larger learning
-# rate, a shorter warm-up and EMA, and smaller batches than fine-tuning from MusicLDM. Its 20,000 steps take about
-# 1.8 h on 2 cores (the shipped model then went on at lr 1e-4 and 3e-5 with --init); 3,000 steps (25 min) already
-# make music (README "The toy model").
-PRESET_DEFAULTS = {
-    "paper": dict(),
-    "toy": dict(lr=3e-4, warmup=200, ema=0.999, batch_size=8, steps=20000, val_every=1000, ckpt_every=1000,
-                toy_songs=1024),
-    "tiny": dict(lr=1e-3, warmup=50, ema=0.99, batch_size=4, steps=200, toy_songs=32),
+# Training defaults, one row per preset (--stage vae: the row "vae"). --help shows the row the run will use.
+DEFAULTS = {  # paper: §5.1 and the official config (AdamW lr 3e-5, linear warm-up over 1000 steps, LitEma 0.9999)
+    "paper": dict(batch_size=16, lr=3e-5, warmup=1000, ema=0.9999, steps=20000, val_every=1000, ckpt_every=1000,
+                  toy_songs=512),
+    "toy": dict(batch_size=8, lr=3e-4, warmup=200, ema=0.999, steps=20000, val_every=1000, ckpt_every=1000,
+                toy_songs=1024),  # from scratch on a CPU: 20,000 steps ≈ 1.8 h on 2 cores, 3,000 already make music
+    "tiny": dict(batch_size=4, lr=1e-3, warmup=50, ema=0.99, steps=200, val_every=1000, ckpt_every=1000,
+                 toy_songs=32),  # the tests' model
+    "vae": dict(batch_size=1, lr=1e-3, warmup=100, ema=0.0, steps=2400, val_every=200, ckpt_every=200,
+                toy_songs=1024),  # the toy VAE: L1 + KL on log-mels as LDM's autoencoder (no GAN), no EMA
 }
-# `--stage vae`: the toy first stage, MusicLDM's VAE design at small width (synctrack.TOY_VAE_DDCONFIG), trained from
-# scratch on toy log-mels with L1 + KL as LDM's autoencoder (no GAN or perceptual term); these override the above.
-VAE_DEFAULTS = dict(lr=1e-3, warmup=100, batch_size=1, steps=2400, val_every=200, ckpt_every=200, kl_weight=1e-4)
-# What a resumed run may change; every other setting is the run's own (a different value is refused, not ignored)
-RESUME_FLAGS = ("resume", "steps", "device", "threads", "workers", "export", "overwrite")
-RUN_FILES = ("ckpt.pt", "ckpt.pt.tmp", "log.jsonl", "log.jsonl.tmp", "data_report.json")  # what a run writes in --out
-# Bounds checked before anything is loaded: flag -> (test, what it must be)
-BOUNDS = dict(
+COMMON = dict(data="toy", weight_decay=0.01,  # official: torch AdamW's default
+              accum=1, log_every=50, val_batches=8, spike=10.0, kl_weight=1e-4, seed=0, train_split="train",
+              val_split="validation")
+TOY_FIRST_STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "synctrack_toy.pt")
+RESUME_FLAGS = ("resume", "steps", "device", "threads", "workers", "export", "overwrite")  # what a resume may change
+RUN_FILES = ("ckpt.pt", "log.jsonl", "data_report.json")  # what a run writes in --out
+BOUNDS = dict(  # flag -> (test, what it must be), checked before anything is loaded
     steps=(lambda v: v >= 0, "≥ 0"), batch_size=(lambda v: v >= 1, "≥ 1"), accum=(lambda v: v >= 1, "≥ 1"),
     val_every=(lambda v: v >= 1, "≥ 1"), ckpt_every=(lambda v: v >= 1, "≥ 1"), log_every=(lambda v: v >= 1, "≥ 1"),
     val_batches=(lambda v: v >= 1, "≥ 1"), toy_songs=(lambda v: v >= 1, "≥ 1"), threads=(lambda v: v >= 1, "≥ 1"),
-    workers=(lambda v: v >= 0, "≥ 0"), warmup=(lambda v: v >= 0, "≥ 0"),
+    workers=(lambda v: v >= 0, "≥ 0"), warmup=(lambda v: v >= 0, "≥ 0"), seed=(lambda v: v >= 0, "≥ 0"),
     lr=(lambda v: 0 < v < math.inf, "a finite number > 0"), weight_decay=(lambda v: 0 <= v < math.inf, "finite, ≥ 0"),
-    ema=(lambda v: 0 <= v <= 1, "in [0, 1]"), kl_weight=(lambda v: 0 <= v < math.inf, "finite, ≥ 0"), spike=(lambda v: 0 <= v < math.inf, "finite, ≥ 0 (0: off)"),
+    ema=(lambda v: 0 <= v <= 1, "in [0, 1]"), kl_weight=(lambda v: 0 <= v < math.inf, "finite, ≥ 0"),
+    spike=(lambda v: 0 <= v < math.inf, "finite, ≥ 0 (0: off)"),
 )
+SPIKE_PATIENCE = 3  # one batch of Eq. 2 can spike (clips drawn at l ≈ 0), divergence persists: 3 in a row stop
 
 
 def parse_args(argv=None):
-    epilog = "defaults: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS.items()) + "\n" + "\n".join(
-        f"  --preset {name}: " + ", ".join(f"{k}={v}" for k, v in over.items()) for name, over in PRESET_DEFAULTS.items()
-        if over)
-    p = argparse.ArgumentParser(description=__doc__, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # every default is None here and filled from DEFAULTS below, so a flag the user gave can be told from a default
-    p.add_argument("--stage", choices=["denoiser", "vae"], help="what to train: the SyncTrack denoiser (Eq. 2, "
-                   "the default) or the toy first stage (the VAE of Eqs. 1 and 3)")
-    p.add_argument("--kl-weight", type=float, help="--stage vae: weight of the KL term (per latent value)")
-    p.add_argument("--data", help="'toy' (procedural songs, the default) or a Slakh2100 folder (either layout)")
-    p.add_argument("--preset", choices=sorted(st.PRESETS),
-                   help="model, clip size and training defaults (default: toy with --data toy, else paper)")
-    p.add_argument("--out", help="run folder for ckpt.pt, log.jsonl, data_report.json (default: runs/PRESET); "
-                                 "must be new or empty unless --overwrite")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run files in --out (ckpt.pt, log.jsonl, data_report.json) and an existing "
-                        "--export file")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (its ckpt.pt) exactly; only "
-                                                  "--steps, --device, --threads, --workers and --export may change")
-    p.add_argument("--init", metavar="CKPT", help="start from these weights with a fresh optimiser: a MusicLDM or "
-                   "SyncTrack Lightning checkpoint (UNet and first stage), or one of ours (a run's ckpt.pt or an "
-                   "--export file, e.g. the shipped toy model; its config must match the model asked for)")
-    p.add_argument("--first-stage", metavar="PATH", help="MusicLDM first-stage weights, a toy VAE (a --stage vae run's "
-                   "ckpt.pt or a toy checkpoint; toy default: checkpoints/synctrack_toy.pt), or 'offline' (no weights)")
-    p.add_argument("--trust", action="store_true", help="allow pickled checkpoints (Lightning) to be unpickled")
-    p.add_argument("--steps", type=int, help="optimiser steps in total (0: save the untrained model)")
-    p.add_argument("--batch-size", type=int, help="clips per micro-batch (per process under DDP)")
-    p.add_argument("--accum", type=int, help="micro-batches per optimiser step (gradient accumulation)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate after the warm-up")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    p.add_argument("--warmup", type=int, help="steps of linear learning-rate warm-up")
-    p.add_argument("--ema", type=float, help="EMA decay of the weights that are sampled from")
-    p.add_argument("--val-every", type=int, help="steps between validation losses (EMA model, fixed noise)")
-    p.add_argument("--val-batches", type=int, help="batches per validation")
-    p.add_argument("--ckpt-every", type=int, help="steps between checkpoints (the last step is always saved)")
-    p.add_argument("--log-every", type=int, help="steps between log.jsonl records")
-    p.add_argument("--spike", type=float, help="skip a batch whose loss exceeds this × its running mean; "
-                                             f"{SPIKE_PATIENCE} in a row stop the run (0: off)")
-    p.add_argument("--toy-songs", type=int, help="songs in the toy training set")
-    p.add_argument("--train-split", help="Slakh split folder(s), comma-separated ('.' for BabySlakh; default: train)")
-    p.add_argument("--val-split", help="Slakh validation split (default: validation; official: test)")
-    p.add_argument("--workers", type=int, help="data loader processes (default: 0 for toy, 2 for Slakh)")
-    p.add_argument("--seed", type=int, help="seed of the weights, the noise and the data order")
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], help="autocast dtype (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--export", metavar="PATH", help="at the end, also write the EMA weights in float16 with the "
-                                                   "config: a small file for sample.py (how the toy model is shipped)")
+    first = argparse.ArgumentParser(add_help=False)  # which row of DEFAULTS this run uses: its --help shows it
+    for flag in ("--preset", "--data", "--stage"):
+        first.add_argument(flag)
+    first = first.parse_known_args(argv)[0]
+    preset = first.preset or ("toy" if first.data in (None, "toy") or first.stage == "vae" else "paper")
+    row = {**COMMON, **DEFAULTS["vae" if first.stage == "vae" else preset]}
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Defaults per preset:\n" + "\n".join(f"  {name}: " + ", ".join(
+                                    f"{k}={v}" for k, v in r.items()) for name, r in DEFAULTS.items()))
+
+    def add(flag, help, **kw):  # the default shown is the one this run uses; None here tells a given flag apart
+        key = flag[2:].replace("-", "_")
+        p.add_argument(flag, help=help + (f" (default: {row[key]})" if key in row else ""), **kw)
+    add("--stage", "the SyncTrack denoiser (Eq. 2) or the toy first stage (the VAE of Eqs. 1 and 3)",
+        choices=["denoiser", "vae"])
+    add("--data", "'toy' (procedural songs, the default) or a Slakh2100 folder (either layout)")
+    add("--preset", f"model and clip size (this run: {preset}; toy with --data toy or --stage vae, else paper)",
+        choices=sorted(st.PRESETS))
+    add("--out", "run folder for ckpt.pt, log.jsonl, data_report.json (default: runs/PRESET[-vae])")
+    add("--overwrite", "replace the run in --out (once the new one has a checkpoint) and an existing --export",
+        action="store_true")
+    add("--resume", "continue the run in this folder; only --steps, --device, --threads, --workers, --export may "
+        "change", metavar="RUN")
+    add("--init", "start from these weights with a fresh optimiser: a MusicLDM or SyncTrack Lightning checkpoint, or "
+        "one of ours (a run's ckpt.pt or an --export file) of the same model", metavar="CKPT")
+    add("--first-stage", "MusicLDM weights, a toy VAE (a --stage vae run's ckpt.pt; toy default: "
+        "checkpoints/synctrack_toy.pt), or 'offline' (no weights)", metavar="PATH")
+    add("--trust", "allow pickled checkpoints (Lightning) to be unpickled", action="store_true")
+    add("--steps", "optimiser steps in total (0: save the untrained model)", type=int)
+    add("--batch-size", "clips per micro-batch (per process under DDP)", type=int)
+    add("--accum", "micro-batches per optimiser step (gradient accumulation)", type=int)
+    add("--lr", "AdamW learning rate after the warm-up", type=float)
+    add("--weight-decay", "AdamW weight decay", type=float)
+    add("--warmup", "steps of linear warm-up: lr · step / warmup, the first update at 0 (official)", type=int)
+    add("--ema", "EMA decay of the weights that are sampled from", type=float)
+    add("--kl-weight", "--stage vae: weight of the KL term (per latent value)", type=float)
+    add("--val-every", "steps between validations (EMA model, fixed clips and noise)", type=int)
+    add("--val-batches", "batches per validation", type=int)
+    add("--ckpt-every", "steps between checkpoints (the last step and a Ctrl-C are always saved)", type=int)
+    add("--log-every", "steps between log.jsonl records", type=int)
+    add("--spike", f"skip a batch whose loss exceeds this × its running mean; {SPIKE_PATIENCE} in a row stop the run "
+        "(0: off)", type=float)
+    add("--toy-songs", "songs in the toy training set", type=int)
+    add("--train-split", "Slakh split folder(s), comma-separated ('.' for BabySlakh)")
+    add("--val-split", "Slakh validation split ('.' for BabySlakh; official: test)")
+    add("--workers", "data loader processes (default: 0 for toy, 2 for Slakh)", type=int)
+    add("--seed", "seed of the weights, the noise and the data order", type=int)
+    add("--device", "torch device (default: cuda when available, else cpu)")
+    add("--precision", "autocast dtype (default: bf16 on CUDA, fp32 on CPU)", choices=["bf16", "fp32"])
+    add("--compile", "torch.compile the denoiser", action="store_true")
+    add("--threads", "torch CPU threads", type=int)
+    add("--export", "at the end, also write the EMA weights in float16 with the config (a small file for sample.py)",
+        metavar="PATH")
     g = p.add_argument_group("model (Table 6 ablations and §3 variant)")
     g.add_argument("--variant", choices=["paper", "official"], help="Eq. 5 as written, or as the released weights "
                                                                     "compute it (default: paper)")
@@ -132,39 +126,51 @@ def parse_args(argv=None):
     g.add_argument("--reorder", action="store_true", help="③ before ② (SyncTrack-reorder)")
     g.add_argument("--alternate", action="store_true", help="② and ③ alternate (SyncTrack-alternate)")
     args = p.parse_args(argv)
-    check_bounds(args)
+    check_flags(args)
     if args.resume:
         return args  # everything else comes from the run being resumed (resume_args)
-    args.preset = args.preset or ("toy" if args.data in (None, "toy") else "paper")
-    vae = VAE_DEFAULTS if args.stage == "vae" else {}
-    for key, value in {**DEFAULTS, **PRESET_DEFAULTS[args.preset], **vae}.items():
+    args.preset = preset
+    for key, value in row.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.out = args.out or os.path.join("runs", args.preset + ("-vae" if args.stage == "vae" else ""))
-    args.device = args.device or default_device()
+    args.out = args.out or os.path.join("runs", preset + ("-vae" if args.stage == "vae" else ""))
+    args.stage = args.stage or "denoiser"
     return args
 
 
-def default_device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_bounds(args):
-    """One line per bad value, before anything is loaded or written."""
+def check_flags(args):
+    """One line per bad value, naming the flag, before anything is loaded or written."""
     for key, (ok, want) in BOUNDS.items():
         value = getattr(args, key)
         if value is not None and not ok(value):
             raise SystemExit(f"--{key.replace('_', '-')} must be {want}, got {value}")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise SystemExit(f"--device {args.device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(f"--device {args.device}: {torch.cuda.device_count()} CUDA device(s) here; use --device cpu")
+    if args.data not in (None, "toy") and not os.path.isdir(args.data):
+        raise SystemExit(f"--data {args.data}: no such folder (give a Slakh2100 root with train/ and validation/, "
+                         f"or BabySlakh with --train-split . --val-split .)")
+    for flag in ("out", "resume"):
+        if getattr(args, flag) and os.path.exists(getattr(args, flag)) and not os.path.isdir(getattr(args, flag)):
+            raise SystemExit(f"--{flag} {getattr(args, flag)} is a file; a run is a folder: choose another --{flag}")
 
 
-def check_new_outputs(args):
-    """Refuse to mix runs or replace files: --out must be new or empty and --export must not exist, unless --overwrite."""
-    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
-        held = sorted(os.listdir(args.out))
-        hint = f"continue it with --resume {args.out}, " if "ckpt.pt" in held else ""
-        raise SystemExit(f"--out {args.out} already holds {', '.join(held[:4])}{' …' if len(held) > 4 else ''}: "
-                         f"{hint}choose another --out, or pass --overwrite to replace its run")
-    check_export(args.export, args.overwrite)
+def check_outputs(args):
+    """No output (--out, --export) is an input (--init, --first-stage, --data) or a run file of --out."""
+    inputs = {"--init": args.init, "--first-stage": None if args.first_stage == "offline" else args.first_stage,
+              "--data": None if args.data == "toy" else args.data}
+    try:
+        data.check_outputs({"--out": args.out, "--export": args.export}, inputs)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    run_files = [os.path.realpath(os.path.join(args.out, name)) for name in RUN_FILES]
+    if args.export and os.path.realpath(args.export) in run_files:
+        raise SystemExit(f"--export {args.export} is one of the run's own files in --out {args.out}: choose another "
+                         f"--export")
 
 
 def check_export(path, overwrite):
@@ -182,19 +188,21 @@ def resume_args(given):
     if not isinstance(ckpt, dict) or "args" not in ckpt:
         raise SystemExit(f"--resume {given.resume}: {path} is not a training checkpoint (an --export file has no "
                          f"optimiser or data position to continue from)")
-    saved = ckpt["args"]
+    saved, world = ckpt["args"], int(os.environ.get("WORLD_SIZE", 1))
     conflicts = [f"--{key.replace('_', '-')}{'' if value is True else f' {value}'} (the run has {saved.get(key)})"
                  for key, value in vars(given).items()
                  if key not in RESUME_FLAGS and value not in (None, False) and value != saved.get(key)]
     if conflicts:
         raise SystemExit(f"--resume {given.resume} continues with the run's own settings; these flags differ: "
                          f"{', '.join(conflicts)}. Drop them, or start a new run with another --out")
+    if ckpt.get("world_size", 1) != world:  # the data shards and the noise of each rank depend on it
+        raise SystemExit(f"--resume {given.resume}: the run trained on {ckpt.get('world_size', 1)} process(es), this "
+                         f"is {world}; resume it with torchrun --nproc_per_node {ckpt.get('world_size', 1)}")
     check_export(given.export, given.overwrite)
-    args = argparse.Namespace(**saved)
-    args.resume, args.overwrite, args.out = given.resume, given.overwrite, given.resume
-    args.device, args.threads = given.device or default_device(), given.threads
-    args.workers = given.workers if given.workers is not None else args.workers
+    args = argparse.Namespace(**{**saved, "resume": given.resume, "overwrite": given.overwrite, "out": given.resume,
+                                 "device": given.device, "threads": given.threads})
     args.export = given.export or args.export
+    args.workers = given.workers if given.workers is not None else args.workers
     args.steps = given.steps if given.steps is not None else args.steps
     return args, ckpt
 
@@ -214,26 +222,34 @@ def build_first_stage(args, cfg, init=None):
     spec = (args.first_stage or (args.init if stage_in_init else None)
             or {"offline": "offline", "toy-vae": TOY_FIRST_STAGE}.get(cfg.first_stage))
     if spec is None:
-        raise SystemExit(f"preset {args.preset!r} diffuses MusicLDM latents: give --init musicldm-ckpt.ckpt or "
-                         f"--first-stage PATH (MusicLDM weights), or --first-stage offline")
+        raise SystemExit(f"preset {args.preset!r} diffuses MusicLDM latents: give --init musicldm-ckpt.ckpt --trust. "
+                         f"On a CPU without those weights: `python train.py --stage vae --data {args.data}` trains a "
+                         f"toy first stage on your data, then `python train.py --preset toy --data {args.data} "
+                         f"--first-stage runs/toy-vae/ckpt.pt` the toy model on it")
     try:
         stage = toy.make_first_stage(spec, trust=args.trust)
     except (OSError, ValueError) as err:
         raise SystemExit(f"first stage {spec}: {err}") from None
     C, T, F = stage.latent_shape(cfg.clip_samples)
-    return stage, dataclasses.replace(cfg, first_stage=stage.kind, latent_channels=C, latent_downsampling=st.MEL_BINS // F,
-                                      latent_time=T, latent_freq=F)
+    return stage, dataclasses.replace(cfg, first_stage=stage.kind, latent_channels=C,
+                                      latent_downsampling=st.MEL_BINS // F, latent_time=T, latent_freq=F)
 
 
 def datasets(args, cfg, stage=None):
-    """Training and validation clips; toy clips through a learned first stage are encoded once (data.EncodedClips)."""
-    if args.data == "toy" and hasattr(stage, "posterior"):
-        return tuple(data.EncodedClips(d, stage, device=args.device) for d in datasets(args, cfg))
+    """Training and validation clips. Through a learned toy first stage they are encoded once (data.EncodedClips):
+    training clips start every half clip, validation clips on the grid of whole clips."""
+    if stage is not None and stage.kind == "toy-vae":
+        train_set, val_set = datasets(args, cfg)
+        return (data.EncodedClips(train_set, stage, device=args.device, hop=cfg.clip_samples // 2),
+                data.EncodedClips(val_set, stage, device=args.device))
     if args.data == "toy":
         return (toy.ToyDataset(args.toy_songs, cfg.clip_samples, seed=args.seed, train=True),
                 toy.ToyDataset(max(8, args.toy_songs // 16), cfg.clip_samples, seed=args.seed, train=False))
-    return (data.SlakhDataset(args.data, args.train_split.split(","), cfg.clip_samples, train=True, seed=args.seed),
-            data.SlakhDataset(args.data, args.val_split.split(","), cfg.clip_samples, train=False))
+    try:
+        return (data.SlakhDataset(args.data, args.train_split.split(","), cfg.clip_samples, train=True, seed=args.seed),
+                data.SlakhDataset(args.data, args.val_split.split(","), cfg.clip_samples, train=False))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--data {args.data}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -243,9 +259,9 @@ def datasets(args, cfg, stage=None):
 class Run:
     args: argparse.Namespace
     cfg: st.SyncTrackConfig
-    stage: torch.nn.Module            # frozen first stage (Eq. 1)
-    model: st.SyncTrack               # the weights AdamW trains
-    ema_model: st.SyncTrack           # their moving average: what is validated, exported and sampled
+    stage: torch.nn.Module            # frozen first stage (Eq. 1); None for --stage vae
+    model: torch.nn.Module            # the weights AdamW trains: SyncTrack, or the toy VAE
+    ema_model: torch.nn.Module        # their moving average: what is validated, exported and sampled
     opt: torch.optim.Optimizer
     net: torch.nn.Module              # model as called: wrapped by DDP and/or torch.compile
     autocast: torch.autocast
@@ -254,15 +270,12 @@ class Run:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0           # data position inside the epoch, so a resume continues mid-epoch
+    ema_updates: int = 0              # LitEma's num_updates (an --init from Lightning brings its own)
     running: float | None = None      # running mean of the loss, for the spike detector
     last_good: int = 0                # step of the checkpoint on disk
     spikes: int = 0                   # spiking batches in a row, each skipped
-
-
-# One batch of the Eq. 2 loss can spike on its own: a clip drawn at a step l near 0 (almost clean) costs about 1, so in
-# a batch of 8 it lifts the mean by ~0.12, ten times a converged toy model's 0.012 (it happened once in 15,610 steps).
-# Divergence persists; such a batch does not. So a spike is skipped, and only SPIKE_PATIENCE in a row stop the run.
-SPIKE_PATIENCE = 3
+    stop: bool = False                # Ctrl-C (SIGINT) or SIGTERM: stop after this step, checkpoint
+    folder: str = ""                  # where the files go: --out, or OUT.partial until an --overwrite saves
 
 
 class UnstableStep(Exception):
@@ -273,40 +286,40 @@ class SpikedStep(UnstableStep):
     """A finite loss above --spike × the running mean: the batch is skipped (gradients dropped, nothing updated)."""
 
 
-def init_distributed(args):
-    """(distributed, rank); under torchrun one process per GPU (NCCL) or CPU process (gloo)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
-        return False, 0
-    dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-    if args.device.startswith("cuda"):
-        args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(args.device)
-    return True, dist.get_rank()
-
-
 def setup(args, ckpt=None):
     """Build (or restore from `ckpt`) the first stage, model, EMA and optimiser of a run."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    distributed, rank = init_distributed(args)
+    distributed, rank = False, 0
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun: one process per GPU (NCCL) or CPU process (gloo)
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(args.device)
+        distributed, rank = True, dist.get_rank()
     torch.manual_seed(args.seed + rank)
-    cfg = st.SyncTrackConfig.from_dict(ckpt["config"]) if ckpt else model_config(args)
+    cfg = st.SyncTrackConfig.from_dict(ckpt["config"]) if ckpt and "config" in ckpt else model_config(args)
     init = read_init(args.init, args.trust) if args.init and not ckpt else None
-    stage, cfg = build_first_stage(args, cfg, init)
-    stage = stage.to(args.device).eval()  # important: frozen, never trained (§3), and without dropout
-    model = st.SyncTrack(cfg).to(args.device)
+    if args.stage == "vae":
+        if distributed:
+            raise SystemExit("--stage vae trains in one process (no torchrun)")
+        stage, model = None, st.AutoencoderKL(toy.TOY_VAE_DDCONFIG, toy.TOY_VAE_EMBED_DIM).to(args.device)
+    else:
+        stage, cfg = build_first_stage(args, cfg, init)
+        stage = stage.to(args.device).eval()  # important: frozen, never trained (§3), and without dropout
+        model = st.SyncTrack(cfg).to(args.device)
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)  # no gradients, no optimiser state: one copy
-    if init is not None:
-        report = init_weights(init, args.init, model, ema_model)
-        if rank == 0:
-            print(f"init from {args.init}: {report}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     if args.compile:
         net = torch.compile(net)
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
-    run = Run(args, cfg, stage, model, ema_model, opt, net, autocast, distributed, rank)
+    run = Run(args, cfg, stage, model, ema_model, opt, net, autocast, distributed, rank, folder=args.out)
+    if init is not None:
+        report = init_weights(init, run)
+        if rank == 0:
+            print(f"init from {args.init}: {report}")
     if ckpt:
         restore(run, ckpt)
     return run
@@ -319,15 +332,20 @@ def read_init(path, trust):
         raise SystemExit(f"--init {path}: cannot read it ({err})") from None
 
 
-def init_weights(state, path, model, ema_model):
-    """--init: raw weights to train, EMA weights to the EMA (as the official code); returns a line for the log.
+def init_weights(state, run):
+    """--init: raw weights to train, EMA weights and update count to the EMA (as the official code); returns a line.
 
     Our own checkpoints (a run's ckpt.pt, or an --export file whose one set of weights is the EMA) must hold the config
-    of `model`; a Lightning checkpoint is mapped by load_official."""
+    of the model; a Lightning checkpoint is mapped by load_official."""
+    path, model = run.args.init, run.model
     if not ("config" in state and "model" in state):
         report = st.load_official(model, state, ema=False, name=path)
-        st.load_official(ema_model, state, ema=True, name=path)
-        return (f"{report['loaded']} tensors, {len(report['new'])} new SyncTrack tensors, ignored {report['ignored']}"
+        st.load_official(run.ema_model, state, ema=True, name=path)
+        updates = state.get("state_dict", state).get("model_ema.num_updates")
+        run.ema_updates = int(updates) if updates is not None else 0
+        return (f"{report['loaded']} tensors, {len(report['new'])} new SyncTrack tensors, ignored {report['ignored']}; "
+                + (f"EMA continues from LitEma's num_updates {run.ema_updates}" if updates is not None else
+                   "no model_ema.num_updates: the EMA warm-up starts from 0")
                 + (f"\nwarning: {report['warning']}" if report["warning"] else ""))
     theirs, ours = dataclasses.asdict(st.SyncTrackConfig.from_dict(state["config"])), dataclasses.asdict(model.config)
     differ = [f"{k} {theirs[k]} there, {ours[k]} here" for k in ours if theirs[k] != ours[k]]
@@ -335,18 +353,23 @@ def init_weights(state, path, model, ema_model):
         raise SystemExit(f"--init {path}: its model differs from the one asked for ({'; '.join(differ)}): "
                          f"use the preset and flags it was trained with")
     model.load_state_dict({k: v.float() for k, v in state["model"].items()})
-    ema_model.load_state_dict({k: v.float() for k, v in (state.get("ema") or state["model"]).items()})
-    return f"SyncTrack weights of step {state.get('step')}, fresh optimiser from step 0"
+    run.ema_model.load_state_dict({k: v.float() for k, v in (state.get("ema") or state["model"]).items()})
+    run.ema_updates = state.get("ema_updates", state.get("step") or 0)
+    return f"SyncTrack weights of step {state.get('step')}, EMA updates {run.ema_updates}, fresh optimiser"
 
 
 def restore(run, ckpt):
-    run.model.load_state_dict(ckpt["model"])
-    run.ema_model.load_state_dict(ckpt["ema"])
+    weights = ckpt["first_stage"]["vae"] if run.args.stage == "vae" else ckpt["model"]
+    run.model.load_state_dict(weights)
+    run.ema_model.load_state_dict(ckpt.get("ema", weights))
     run.opt.load_state_dict(ckpt["optimizer"])
     run.step, run.epoch, run.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
     run.running, run.last_good = ckpt.get("running_loss"), ckpt["step"]
+    run.ema_updates = ckpt.get("ema_updates", ckpt["step"])
     if run.rank == 0:  # exact for one process; other DDP ranks draw fresh, distinct noise
-        set_rng_states(ckpt["rng"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     else:
         torch.manual_seed(run.args.seed + 1_000_003 * run.step + run.rank)
 
@@ -377,21 +400,23 @@ def latents(stage, batch, sample=True):
     return mean + std * torch.randn_like(std) if sample else mean
 
 
-def denoiser_loss(run, batch):
-    """Eq. (2) on the first stage's latents of a batch of waveforms (B, S, N) or cached posteriors."""
-    z0 = latents(run.stage, batch.to(run.args.device, non_blocking=True))  # (B, S, C, T, F), Eq. (1)
+def batch_loss(run, batch):
+    """Eq. (2) on the first stage's latents of a batch; for --stage vae, L1 + KL on the log-mel of every track."""
+    batch = batch.to(run.args.device, non_blocking=True)
     with run.autocast:
-        return st.diffusion_loss(run.net, z0)
+        if run.args.stage == "vae":
+            return toy.vae_loss(run.model, st.log_mel(batch.flatten(0, 1)), run.args.kl_weight)[0]  # (B·S, T, F)
+        return st.diffusion_loss(run.net, latents(run.stage, batch))     # z0: (B, S, C, T, F), Eq. (1)
 
 
-def train_step(run, micro_batches, loss_fn=denoiser_loss):
+def train_step(run, micro_batches, loss_fn=batch_loss):
     """One optimiser step over the `accum` micro-batches; returns (loss, gradient norm, learning rate).
 
     Raises UnstableStep on a non-finite loss or gradient, SpikedStep on a spike; then the gradients are dropped and the
     weights, EMA and running mean are untouched."""
     args = run.args
-    # 1. warm-up: lr grows linearly to its value over the first `warmup` steps (official)
-    lr = args.lr * min(1.0, (run.step + 1) / max(1, args.warmup))
+    # 1. warm-up as the official code: lr grows linearly from 0 (the first update) to its value at step `warmup`
+    lr = args.lr * min(1.0, run.step / args.warmup) if args.warmup else args.lr
     for group in run.opt.param_groups:
         group["lr"] = lr
     # 2. loss and gradients, accumulated over micro-batches; DDP all-reduces the gradients once, on the last one
@@ -402,10 +427,10 @@ def train_step(run, micro_batches, loss_fn=denoiser_loss):
             part = loss_fn(run, batch) / args.accum
             part.backward()
         loss += part.item()
-    if run.distributed:  # every rank decides on the same mean loss below
-        mean = torch.tensor([loss], device=args.device)
-        dist.all_reduce(mean)
-        loss = mean.item() / dist.get_world_size()
+    if run.distributed:  # every rank decides on the same mean loss, and stops at the same step
+        shared = torch.tensor([loss, float(run.stop)], device=args.device)
+        dist.all_reduce(shared)
+        loss, run.stop = shared[0].item() / dist.get_world_size(), shared[1].item() > 0
     # 3. health check on the loss and the (all-reduced) gradient norm, before the update reaches weights or EMA
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), float("inf")).item()  # measures only
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
@@ -415,11 +440,14 @@ def train_step(run, micro_batches, loss_fn=denoiser_loss):
         raise (SpikedStep if spike else UnstableStep)(f"loss {loss:.4g}, gradient norm {grad_norm:.4g} "
                                                       f"(running mean loss {run.running or float('nan'):.4g})")
     run.running = loss if run.running is None else 0.98 * run.running + 0.02 * loss
-    # 4. AdamW, then the EMA of the new weights
+    # 4. AdamW, then the EMA of the new weights: LitEma's decay min(ema, (1 + n) / (10 + n)) after n updates
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
-    run.step += 1
-    ema_update(run.ema_model, run.model, args.ema, run.step)
+    run.step, run.ema_updates = run.step + 1, run.ema_updates + 1
+    decay = min(args.ema, (1 + run.ema_updates) / (10 + run.ema_updates))
+    with torch.no_grad():
+        for e, p in zip(run.ema_model.parameters(), run.model.parameters()):
+            e.lerp_(p, 1 - decay)
     return loss, grad_norm, lr
 
 
@@ -436,101 +464,94 @@ def skip_or_stop(run, err):
 
 
 @torch.no_grad()
-def ema_update(ema_model, model, decay, updates):
-    """Exponential moving average of the weights; LitEma's warm-up min(decay, (1+n)/(10+n)) as the official code."""
-    d = min(decay, (1 + updates) / (10 + updates))
-    for e, p in zip(ema_model.parameters(), model.parameters()):
-        e.lerp_(p, 1 - d)
-
-
-@torch.no_grad()
 def validate(run, loader):
-    """Mean ε-loss of the EMA model on fixed clips, steps and noise, so values are comparable across a run."""
+    """Mean ε-loss of the EMA model on fixed clips, steps and noise, so values are comparable across a run; for
+    --stage vae the L1 of the posterior-mean reconstruction and LDM's scale factor."""
+    if run.args.stage == "vae":
+        return toy.vae_validation(run.ema_model, torch.cat(list(itertools.islice(loader, run.args.val_batches))))
     g = torch.Generator(run.args.device).manual_seed(1234)
     losses = []
     for wave in itertools.islice(loader, run.args.val_batches):
         z0 = latents(run.stage, wave.to(run.args.device), sample=False)
         with run.autocast:
             losses.append(st.diffusion_loss(run.ema_model, z0, generator=g).item())
-    return sum(losses) / max(len(losses), 1)
+    return dict(val_loss=sum(losses) / max(len(losses), 1))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Files: the run folder, the log, checkpoints
+# Files: the run folder (one run at a time), the log, checkpoints
 
-def rng_states():
-    """torch's generators: the only randomness in a step (data offsets are a function of seed and position)."""
-    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-
-def set_rng_states(s):
-    torch.set_rng_state(s["torch"])
-    if s["cuda"]:
-        torch.cuda.set_rng_state_all(s["cuda"])
+def run_folder(args):
+    """Where this run writes: --out itself, or OUT.partial when --overwrite replaces a run (swapped in by save)."""
+    held = sorted(os.listdir(args.out)) if os.path.isdir(args.out) else []
+    folder = args.out
+    if not args.resume and "ckpt.pt" in held:  # a run is here (without ckpt.pt: at most a stopped run's leftovers)
+        if not args.overwrite:
+            raise SystemExit(f"--out {args.out} already holds {', '.join(held[:4])}{' …' if len(held) > 4 else ''}: "
+                             f"continue it with --resume {args.out}, choose another --out, or pass --overwrite to "
+                             f"replace its run")
+        folder = os.path.realpath(args.out) + ".partial"
+        shutil.rmtree(folder, ignore_errors=True)  # left by a run that died before its first save (we hold the lock)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"--out {args.out}: cannot create it ({err.strerror}); choose another --out") from None
+    if not os.access(folder, os.W_OK):
+        raise SystemExit(f"--out {args.out}: not writable; choose another --out")
+    return folder
 
 
 def start_outputs(run, train_set, val_set, batches_per_epoch):
-    """Rank 0: prepare --out, write data_report.json, say what is trained; returns the open log (None elsewhere)."""
-    args = run.args
+    """Rank 0: write data_report.json, say what is trained; returns the open log (None elsewhere)."""
     if run.rank != 0:
         return None
-    os.makedirs(args.out, exist_ok=True)
-    if args.overwrite and not args.resume:  # asked for explicitly: the old run's files go, nothing else in the folder
-        for name in RUN_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(args.out, name))
-    report = train_set.report
-    with open(os.path.join(args.out, "data_report.json"), "w") as f:
-        json.dump({"train": report, "validation": val_set.report}, f, indent=1)
-    n_params = sum(p.numel() for p in run.model.parameters())
-    print(f"SyncTrack {n_params / 1e6:.2f}M params, latent {run.cfg.latent_shape}; {report['kept']} songs, "
-          f"{len(train_set)} training clips ({len(report['dropped'])} songs dropped, see "
-          f"{args.out}/data_report.json); {batches_per_epoch} batches/epoch; device {args.device}")
-    return open_log(os.path.join(args.out, "log.jsonl"), run.step)
-
-
-def open_log(path, step):
-    """log.jsonl for appending, without the records past `step`: a run stopped after its last checkpoint wrote them,
-    and the resumed run writes those steps again."""
-    if step and os.path.exists(path):
-        kept = []
+    with open(os.path.join(run.folder, "data_report.json"), "w") as f:
+        json.dump({"train": train_set.report, "validation": val_set.report}, f, indent=1)
+    report, n_params = train_set.report, sum(p.numel() for p in run.model.parameters())
+    what = "toy VAE" if run.args.stage == "vae" else f"SyncTrack, latent {run.cfg.latent_shape}"
+    encoded = (f" (encoded once, starts every {run.cfg.clip_samples // 2} samples)"
+               if isinstance(train_set, data.EncodedClips) else "")
+    print(f"{what}, {n_params / 1e6:.2f}M params; {report['kept']} songs, {len(train_set)} training clips{encoded} "
+          f"({len(report['dropped'])} songs dropped, see {run.args.out}/data_report.json); {batches_per_epoch} "
+          f"batches/epoch; device {run.args.device}" + (f"; resumed from step {run.step}" if run.args.resume else ""))
+    path, kept = os.path.join(run.folder, "log.jsonl"), []
+    if run.step and os.path.exists(path):  # a resumed run drops the records past its checkpoint, then writes them again
         with open(path) as f:
             for line in f:
                 with contextlib.suppress(json.JSONDecodeError):  # a line cut off by a kill is dropped too
-                    if json.loads(line)["step"] <= step:
+                    if json.loads(line)["step"] <= run.step:
                         kept.append(line if line.endswith("\n") else line + "\n")
-        data.atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+    data.atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
     return open(path, "a")
 
 
-def write_log(log, record, bar, running):
-    log.write(json.dumps(record) + "\n")
-    log.flush()
-    bar.set_postfix(loss=f"{running:.4f}", **({"val": f"{record['val_loss']:.4f}"} if "val_loss" in record else {}))
-
-
-def save(run):
-    """Rank 0 writes ckpt.pt atomically; a failed write (disk full) stops the run with the previous checkpoint intact."""
+def save(run, val_loader):
+    """Rank 0 writes ckpt.pt atomically; a failed write (disk full) stops the run with the previous checkpoint intact.
+    The first checkpoint of an --overwrite run replaces the old run folder by the new one."""
     if run.rank != 0:
         return
-    path = os.path.join(run.args.out, "ckpt.pt")
+    state = dict(optimizer=run.opt.state_dict(), step=run.step, epoch=run.epoch, batch_in_epoch=run.batch_in_epoch,
+                 running_loss=run.running, ema_updates=run.ema_updates, world_size=max(1, int(os.environ.get(
+                     "WORLD_SIZE", 1))), rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all()
+                                                  if torch.cuda.is_available() else []), args=vars(run.args))
+    if run.args.stage == "vae":  # a first-stage record: `--first-stage RUN/ckpt.pt` reads it
+        scale = validate(run, val_loader)["scale_factor"]
+        state["first_stage"] = toy.first_stage_state(run.model, scale)
+    elif run.cfg.first_stage == "toy-vae":  # the toy VAE travels inside: sample.py needs no second file
+        state["first_stage"] = toy.first_stage_state(run.stage.vae, run.stage.scale_factor)
     try:
-        st.save_checkpoint(path, run.model, ema=run.ema_model.state_dict(),
-                           scale_factor=getattr(run.stage, "scale_factor", None), optimizer=run.opt.state_dict(),
-                           step=run.step, epoch=run.epoch, batch_in_epoch=run.batch_in_epoch,
-                           running_loss=run.running, rng=rng_states(), args=vars(run.args),
-                           **own_first_stage(run))
+        if run.args.stage == "vae":
+            st.write_checkpoint(os.path.join(run.folder, "ckpt.pt"), state)
+        else:
+            st.save_checkpoint(os.path.join(run.folder, "ckpt.pt"), run.model, ema=run.ema_model.state_dict(),
+                               scale_factor=getattr(run.stage, "scale_factor", None), **state)
     except OSError as err:
         kept = f"the last good checkpoint is step {run.last_good}" if run.last_good else "no checkpoint was written"
         raise SystemExit(f"step {run.step}: {err.strerror or err}; {kept}") from None
     run.last_good = run.step
-
-
-def own_first_stage(run):
-    """The toy VAE travels inside every denoiser checkpoint, so sample.py needs no second file."""
-    if run.cfg.first_stage != "toy-vae":
-        return {}
-    return {"first_stage": toy.first_stage_state(run.stage.vae, run.stage.scale_factor)}
+    if run.folder != run.args.out:
+        data.finish_output(run.folder, os.path.realpath(run.args.out))
+        run.folder = run.args.out
 
 
 def export(args):
@@ -540,40 +561,80 @@ def export(args):
 
 
 def memory_gb(device):
-    """Peak memory: allocated GPU memory on CUDA, else the process's peak RSS (NaN where the OS does not say)."""
+    """Peak memory: allocated GPU memory on CUDA, else the process's peak RSS (Linux: KiB)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    try:
-        import resource  # POSIX only
-    except ImportError:
-        return float("nan")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+    import resource  # POSIX only
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The loop
 
 def main(argv=None):
-    args, ckpt = parse_args(argv), None
+    args = parse_args(argv)
+    out = args.resume or args.out
+    with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 alone owns the files; its refusal stops torchrun's others
+            try:  # held for the whole run: a second run into the same --out is refused, never mixed
+                stack.enter_context(data.OutputLock(os.path.realpath(out)))
+            except BlockingIOError as err:
+                raise SystemExit(f"--out {err}") from None
+            except OSError as err:
+                raise SystemExit(f"--out {out}: cannot write there ({err.strerror}); choose another --out") from None
+        try:
+            train(args, int(os.environ.get("RANK", 0)) == 0)
+        except KeyboardInterrupt:
+            raise SystemExit(f"interrupted before a checkpoint could be written; {out} keeps what it held") from None
+
+
+def train(args, rank0):
+    ckpt = None
     if args.resume:
         args, ckpt = resume_args(args)
-        if ckpt["step"] >= args.steps:
-            return finished(args, ckpt)
-    elif int(os.environ.get("RANK", 0)) == 0:  # rank 0 alone owns the files; its refusal stops torchrun's others
-        check_new_outputs(args)
-    if getattr(args, "stage", "denoiser") == "vae":  # runs saved before --stage existed are denoiser runs
-        return train_vae(args, ckpt)
-    run = setup(args, ckpt)
-    del ckpt  # the loaded copy of every tensor (GBs at the paper's size) is in the run now
-    train_set, val_set, train_loader, val_loader, batches_per_epoch = loaders(run)
-    log = start_outputs(run, train_set, val_set, batches_per_epoch)
+    if rank0:
+        check_outputs(args)
+        check_export(None if args.resume else args.export, args.overwrite)  # (resume_args checked a new --export)
+    if ckpt and ckpt["step"] >= args.steps:  # nothing to train; an --export is still written
+        print(f"{args.out} finished at step {ckpt['step']}; pass --steps M (M > {ckpt['step']}) to continue")
+        if args.export and rank0:
+            export(args)
+            print(f"exported {args.export}")
+        return
+    folder = run_folder(args) if rank0 else args.out
+    try:
+        run = setup(args, ckpt)
+        run.folder = folder
+        del ckpt  # the loaded copy of every tensor (GBs at the paper's size) is in the run now
+        train_set, val_set, train_loader, val_loader, batches_per_epoch = loaders(run)
+        log = start_outputs(run, train_set, val_set, batches_per_epoch)
+    except BaseException:
+        if folder != args.out:  # the old run in --out is untouched
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+    def stop(signum, frame):  # the first Ctrl-C ends the run after this step, a second one at once
+        run.stop = True
+        signal.signal(signum, signal.default_int_handler)
+    handlers = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        loop(run, train_loader, val_loader, batches_per_epoch, log)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    finish(run, log, val_loader)
+
+
+def loop(run, train_loader, val_loader, batches_per_epoch, log):
+    """Steps to --steps or a Ctrl-C: batch → loss → backward → check → AdamW → EMA, then log, validate, checkpoint."""
+    args = run.args
     t0, last_log = time.time(), run.step
-    bar = tqdm(total=args.steps, initial=run.step, disable=run.rank != 0, desc="train")
-    while run.step < args.steps:
+    bar = tqdm(total=args.steps, initial=run.step, disable=run.rank != 0, desc=f"train {args.stage}")
+    while run.step < args.steps and not run.stop:
         train_loader.sampler.set_epoch(run.epoch, skip=run.batch_in_epoch * args.batch_size)
         batches = iter(train_loader)
-        while run.step < args.steps and run.batch_in_epoch + args.accum <= batches_per_epoch:
-            try:  # batch → loss → backward → check → AdamW → EMA
+        while run.step < args.steps and run.batch_in_epoch + args.accum <= batches_per_epoch and not run.stop:
+            try:
                 loss, grad_norm, lr = train_step(run, itertools.islice(batches, args.accum))
             except UnstableStep as err:
                 skip_or_stop(run, err)
@@ -582,110 +643,46 @@ def main(argv=None):
             run.spikes, run.batch_in_epoch = 0, run.batch_in_epoch + args.accum
             bar.update()
             # log, validate (rank 0), checkpoint
-            record = {}
-            if run.step % args.log_every == 0 or run.step == args.steps:
+            record, last = {}, run.step == args.steps
+            if run.step % args.log_every == 0 or last:
                 record = dict(step=run.step, loss=loss, loss_avg=run.running, lr=lr, grad_norm=grad_norm,
                               it_s=(run.step - last_log) / (time.time() - t0), mem_gb=memory_gb(args.device))
                 t0, last_log = time.time(), run.step
-            if log and (run.step % args.val_every == 0 or run.step == args.steps):
-                record.update(step=run.step, val_loss=validate(run, val_loader))
+            if log and (run.step % args.val_every == 0 or last):
+                record.update(step=run.step, **validate(run, val_loader))
             if log and record:
-                write_log(log, record, bar, run.running)
-            if run.step % args.ckpt_every == 0 or run.step == args.steps:
-                save(run)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix({k: f"{record[k]:.4f}" for k in ("loss", "val_loss", "val_l1") if k in record})
+            if run.step % args.ckpt_every == 0 or last:
+                save(run, val_loader)
         if run.batch_in_epoch + args.accum > batches_per_epoch:
             run.epoch, run.batch_in_epoch = run.epoch + 1, 0
     bar.close()
-    if run.step == 0:  # --steps 0 writes the untrained model, a baseline for the metrics
-        save(run)
+
+
+def finish(run, log, val_loader):
+    """Rank 0: the last checkpoint (a Ctrl-C's too), the export, and one line saying what was kept."""
+    args = run.args
+    if run.stop and run.folder != args.out:  # --overwrite stopped before its first checkpoint: keep the old run
+        shutil.rmtree(run.folder, ignore_errors=True)
+        raise SystemExit(f"interrupted at step {run.step}, before the new run's first checkpoint: --out {args.out} "
+                         f"still holds the old run, unchanged")
+    if run.last_good != run.step or run.step == 0:  # --steps 0 writes the untrained model, a baseline for the metrics
+        save(run, val_loader)
     if log:
         log.close()
-        if args.export:
+        if args.export and not run.stop:
             export(args)
+        if run.stop:
+            raise SystemExit(f"interrupted at step {run.step}: kept {args.out}/ckpt.pt (step {run.step}); continue "
+                             f"with `python train.py --resume {args.out}`")
         print(f"step {run.step}: wrote {args.out}/ckpt.pt and {args.out}/log.jsonl"
-              + (f"; exported {args.export}" if args.export else ""))
+              + (f"; exported {args.export}" if args.export else "")
+              + (f"; train the denoiser on it with `python train.py --preset toy --first-stage {args.out}/ckpt.pt`"
+                 if args.stage == "vae" else ""))
     if run.distributed:
         dist.destroy_process_group()
-
-
-def finished(args, ckpt):
-    """--resume of a run already at its target: nothing to train; an --export is still written."""
-    print(f"{args.out} finished at step {ckpt['step']}; pass --steps M (M > {ckpt['step']}) to continue")
-    if args.export and int(os.environ.get("RANK", 0)) == 0:
-        export(args)
-        print(f"exported {args.export}")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# --stage vae: the toy first stage (the paper takes MusicLDM's, Eq. 1 and 3; the toy preset needs its own)
-
-def train_vae(args, ckpt=None):
-    """Train the toy first stage on toy clips; ckpt.pt holds it as a first-stage record (scale_factor included)
-    that `--first-stage RUN/ckpt.pt` and synctrack.load_first_stage read."""
-    if args.data != "toy":
-        raise SystemExit("--stage vae trains the toy first stage on toy songs; for Slakh use MusicLDM's VAE (--init)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = model_config(args)
-    torch.manual_seed(args.seed)
-    vae = st.AutoencoderKL(toy.TOY_VAE_DDCONFIG, toy.TOY_VAE_EMBED_DIM).to(args.device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    step, epoch, batch_in_epoch = 0, 0, 0
-    if ckpt:
-        vae.load_state_dict(ckpt["first_stage"]["vae"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        set_rng_states(ckpt["rng"])
-    train_set, val_set = datasets(args, cfg)
-    loader = data.make_loader(train_set, args.batch_size, True, workers=0, seed=args.seed)
-    val_waves = torch.stack([val_set[i] for i in range(min(len(val_set), 16))]).to(args.device)  # (16, S, N)
-    val_mel = st.log_mel(val_waves.flatten(0, 1))                        # (16·S, T, F)
-    batches_per_epoch = len(train_set) // args.batch_size
-    os.makedirs(args.out, exist_ok=True)
-    print(f"toy VAE {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, latent {toy.TOY_VAE_EMBED_DIM} x "
-          f"{cfg.clip_samples // st.MEL_HOP // vae.downsampling} x {st.MEL_BINS // vae.downsampling} per track; "
-          f"{len(train_set)} clips; device {args.device}")
-    log = open_log(os.path.join(args.out, "log.jsonl"), step)
-    bar = tqdm(total=args.steps, initial=step, desc="train vae")
-    while step < args.steps:
-        loader.sampler.set_epoch(epoch, skip=batch_in_epoch * args.batch_size)
-        for wave in loader:
-            # 1. warm-up, 2. loss on the log-mels of every track of the batch, 3. AdamW
-            for group in opt.param_groups:
-                group["lr"] = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-            loss, l1 = toy.vae_loss(vae, st.log_mel(wave.to(args.device).flatten(0, 1)), args.kl_weight)
-            if not math.isfinite(loss.item()):
-                raise SystemExit(f"step {step}: loss {loss.item()}; stopped, the last good checkpoint is "
-                                 f"{args.out}/ckpt.pt")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            bar.update()
-            # 4. log; validate (posterior-mean reconstruction of fixed clips) and checkpoint, with the scale factor
-            record = dict(step=step, loss=loss.item(), l1=l1.item()) if step % args.log_every == 0 else None
-            if step % args.val_every == 0 or step % args.ckpt_every == 0 or step == args.steps:
-                vae.eval()
-                with torch.no_grad():
-                    val_l1 = (vae.decode(vae.encode(val_mel)[0]) - val_mel).abs().mean().item()
-                    scale = toy.vae_scale_factor(vae, val_waves)
-                vae.train()
-                record = {**(record or dict(step=step)), "val_l1": val_l1, "scale_factor": scale}
-                bar.set_postfix(val_l1=f"{val_l1:.3f}")
-                st.write_checkpoint(os.path.join(args.out, "ckpt.pt"), dict(
-                    first_stage=toy.first_stage_state(vae, scale), optimizer=opt.state_dict(), step=step, epoch=epoch,
-                    batch_in_epoch=batch_in_epoch, rng=rng_states(), args=vars(args)))
-            if record:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if step == args.steps or batch_in_epoch == batches_per_epoch:
-                break
-        if batch_in_epoch == batches_per_epoch:
-            epoch, batch_in_epoch = epoch + 1, 0
-    bar.close()
-    log.close()
-    print(f"step {step}: wrote {args.out}/ckpt.pt (the toy first stage) and {args.out}/log.jsonl; train the "
-          f"denoiser on it with `python train.py --preset toy --first-stage {args.out}/ckpt.pt`")
 
 
 if __name__ == "__main__":

@@ -209,6 +209,18 @@ def test_slakh_cache_lives_outside_the_dataset(slakh, tmp_path, monkeypatch):
         data.SlakhDataset(root, "validation", C)
 
 
+def test_slakh_cache_is_float32_and_flags_stems_of_zeros(slakh):
+    """The cache holds what the official code reads from the files (float32), and a stem file of zeros (the MSDM
+    release's absent instruments) is named in the report like a missing one."""
+    root, cache = slakh
+    ds = data.SlakhDataset(root, "train", C, cache_dir=cache, train=False)
+    assert ds.song(0).dtype == np.float32
+    for again in (ds, data.SlakhDataset(root, "train", C, cache_dir=cache, train=False)):  # decoded, then cached
+        notes = "\n".join(again.report["notes"])
+        assert "Track00001: drums is all zeros" in notes and "Track00001: guitar is all zeros" in notes
+        assert "Track00001: bass" not in notes and "Track00005: piano is all zeros" not in notes
+
+
 def test_babyslakh_wav_stems_without_split_folders(tmp_path):
     """BabySlakh: Track folders directly under the root (split='.'), 16 kHz stems/SXX.wav."""
     song = tmp_path / "babyslakh_16k" / "Track00001"

@@ -156,3 +156,39 @@ def test_shipped_toy_first_stage_reconstructs_held_out_clips():
 # Measured on the shipped first stage (runs/toy-vae, 2400 steps; README "The toy model"): L1 0.267 overall, 0.335 on
 # loud bins (natural-log mel units). The bounds are about 1.5× those.
 TOY_VAE_L1, TOY_VAE_LOUD_L1 = 0.4, 0.5
+
+
+def test_encoded_clips_on_a_grid_with_overlap():
+    stage = st.MusicLDMFirstStage(small_vae(), toy.GriffinLim(1), 0.3)
+    clips = toy.ToyDataset(2, 10240, seed=3, train=False)                       # songs of 2 clips
+    encoded = data.EncodedClips(clips, stage, hop=5120)
+    assert encoded.clips == [(0, 0), (0, 5120), (0, 10240), (1, 0), (1, 5120), (1, 10240)]
+    wave = torch.from_numpy(clips.songs[0][None, :, 5120:15360])                # (1, S, c) starting half a clip in
+    assert torch.allclose(encoded[1][0], stage.encode(wave, sample=False)[0], atol=1e-6)
+
+
+def test_student_path_on_a_slakh_folder_without_weights(tmp_path, monkeypatch, capsys):
+    """`--data slakh/` without MusicLDM weights names the CPU path; on it the toy first stage trains on the user's own
+    songs (MSDM layout, a silent stem flagged), then the denoiser on clips it encodes once."""
+    import soundfile as sf
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    slakh = tmp_path / "slakh"
+    for song in range(2):
+        for s, track in enumerate(data.TRACKS):
+            wave = toy.toy_song(song, 1.5)[s] * (track != "guitar")              # guitar.wav: all zeros
+            (slakh / f"Track0000{song}").mkdir(parents=True, exist_ok=True)
+            sf.write(slakh / f"Track0000{song}" / f"{track}.wav", wave, data.SAMPLE_RATE)
+    with pytest.raises(SystemExit, match=r"give --init musicldm-ckpt.ckpt.*`python train.py --stage vae --data "
+                                         rf"{slakh}` trains a toy first stage on your data"):
+        train.main(["--data", str(slakh), "--train-split", ".", "--val-split", ".", "--out", str(tmp_path / "x")])
+    split = ["--data", str(slakh), "--train-split", ".", "--val-split", "."]
+    vae_run, run = tmp_path / "vae", tmp_path / "run"
+    train.main(TINY + split + ["--stage", "vae", "--steps", "2", "--out", str(vae_run)])
+    report = json.loads((vae_run / "data_report.json").read_text())
+    silent = f"{slakh}/Track00000: guitar is all zeros in its source file(s); guitar is silent"
+    assert silent in report["train"]["notes"]
+    capsys.readouterr()
+    train.main(TINY + split + ["--steps", "2", "--first-stage", str(vae_run / "ckpt.pt"), "--out", str(run)])
+    assert "6 training clips (encoded once, starts every 5120 samples)" in capsys.readouterr().out  # 24000 samples
+    config = torch.load(run / "ckpt.pt", weights_only=True)["config"]
+    assert st.SyncTrackConfig.from_dict(config).first_stage == "toy-vae"

@@ -4,8 +4,10 @@ import errno
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -210,10 +212,8 @@ def test_init_from_our_checkpoints_starts_a_new_run_from_their_weights(tmp_path)
         train.main(TINY + ["--no-time", "--steps", "0", "--init", str(tmp_path / "a.pt"), "--out", str(tmp_path / "x")])
 
 
-def test_init_from_a_lightning_checkpoint_takes_raw_weights_and_the_ema_shadow(tmp_path, monkeypatch):
-    """The paper's start (--init musicldm-ckpt.ckpt) at small size: the official UNet fixture
-    (tests/fixtures/unet_official_small.pt) as a Lightning checkpoint whose raw and EMA weights differ, and the official
-    first-stage fixture (first_stage_official_small.pt) as its first stage."""
+def lightning_init(tmp_path, monkeypatch, extra):
+    """Train 0 steps from a Lightning checkpoint holding `extra` besides the UNet; returns (its ckpt.pt, reference)."""
     fixtures = ROOT / "tests" / "fixtures"
     ref = torch.load(fixtures / "unet_official_small.pt", weights_only=False)
     fs = torch.load(fixtures / "first_stage_official_small.pt", weights_only=False)
@@ -229,10 +229,157 @@ def test_init_from_a_lightning_checkpoint_takes_raw_weights_and_the_ema_shadow(t
     shadow = {"model_ema." + ("diffusion_model." + k[len(prefix):]).replace(".", ""): v
               for k, v in ref["state_dict"].items()}
     raw = {**ref["state_dict"], prefix + key: ref["state_dict"][prefix + key] + 1}
-    torch.save({"state_dict": {**raw, **shadow}}, tmp_path / "lightning.ckpt")
+    torch.save({"state_dict": {**raw, **shadow, **extra}}, tmp_path / "lightning.ckpt")
     train.main(["--preset", "tiny", "--init", str(tmp_path / "lightning.ckpt"), "--trust", "--steps", "0",
                 "--toy-songs", "2", "--batch-size", "1", "--threads", "2", "--out", str(tmp_path / "run")])
-    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    return torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True), ref
+
+
+def test_init_from_a_lightning_checkpoint_takes_raw_weights_and_the_ema_shadow(tmp_path, monkeypatch, capsys):
+    """The paper's start (--init musicldm-ckpt.ckpt) at small size: the official UNet fixture
+    (tests/fixtures/unet_official_small.pt) as a Lightning checkpoint whose raw and EMA weights differ, and the official
+    first-stage fixture (first_stage_official_small.pt) as its first stage."""
+    ckpt, ref = lightning_init(tmp_path, monkeypatch, {})
+    prefix, key = "model.diffusion_model.", "input_blocks.0.0.weight"
     assert torch.equal(ckpt["model"][key], ref["state_dict"][prefix + key] + 1)   # raw weights to train
     assert torch.equal(ckpt["ema"][key], ref["state_dict"][prefix + key])         # the EMA shadow to the EMA
     assert len(ckpt["model"]) == len(ref["state_dict"])
+    assert ckpt["ema_updates"] == 0
+    assert "no model_ema.num_updates: the EMA warm-up starts from 0" in capsys.readouterr().out
+
+
+def test_init_from_lightning_inherits_the_ema_update_count(tmp_path, monkeypatch, capsys):
+    """LitEma's decay min(0.9999, (1+n)/(10+n)) depends on num_updates: a fine-tune goes on from the checkpoint's."""
+    ckpt, _ = lightning_init(tmp_path, monkeypatch, {"model_ema.num_updates": torch.tensor(38249, dtype=torch.int)})
+    assert ckpt["ema_updates"] == 38249
+    assert "EMA continues from LitEma's num_updates 38249" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Nothing lost (issue 23): one run per folder, --overwrite keeps the old run until the new one saves, Ctrl-C, one-line
+# errors
+
+def start(out, *extra, watch=None):
+    """train.py in its own process, running until stopped; returns it once it has logged two steps in `watch`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "--threads", "1", "--steps", "100000",
+                             "--val-every", "100000", "--out", str(out), *extra], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watch = watch or out / "log.jsonl"
+    for _ in range(1200):
+        if watch.exists() and len(watch.read_text().splitlines()) >= 2 or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    return proc
+
+
+def interrupt(proc):
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err[-3000:]
+    return err.strip().splitlines()[-1]
+
+
+def test_a_second_run_into_the_same_out_is_refused_and_ctrl_c_keeps_a_resumable_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    first = start(run)
+    second = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "--steps", "3", "--out", str(run)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0 and "Traceback" not in second.stderr
+    assert "is being written by another run" in second.stderr
+    line = interrupt(first)
+    step = torch.load(run / "ckpt.pt", weights_only=True)["step"]
+    assert step >= 2 and line == (f"interrupted at step {step}: kept {run}/ckpt.pt (step {step}); continue with "
+                                  f"`python train.py --resume {run}`")
+    assert first.returncode != 0 and [r["step"] for r in log(run)] == list(range(1, step + 1))
+    train.main(["--resume", str(run), "--steps", str(step + 1), "--threads", "2"])
+    assert f"resumed from step {step}" in capsys.readouterr().out
+    assert [r["step"] for r in log(run)] == list(range(1, step + 2))
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path):
+    run, link = tmp_path / "run", tmp_path / "link"
+    train.main(TINY + ["--steps", "2", "--val-every", "100", "--out", str(run)])
+    before = {name: (run / name).read_bytes() for name in ("ckpt.pt", "log.jsonl")}
+    new = start(run, "--overwrite", "--ckpt-every", "100000", watch=tmp_path / "run.partial" / "log.jsonl")
+    line = interrupt(new)                                                   # Ctrl-C before the new run's checkpoint
+    assert line.endswith(f"before the new run's first checkpoint: --out {run} still holds the old run, unchanged")
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]             # no partial folder, no lock file left
+    link.symlink_to(run)                                                    # --out a symbolic link: its folder
+    train.main(TINY + ["--steps", "3", "--val-every", "100", "--out", str(link), "--overwrite"])
+    assert link.is_symlink() and torch.load(run / "ckpt.pt", weights_only=True)["step"] == 3
+    assert [r["step"] for r in log(run)] == [1, 2, 3]
+
+
+def test_a_folder_without_a_run_needs_no_overwrite(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\n')                   # what a run stopped in its setup leaves
+    train.main(TINY + ["--steps", "1", "--val-every", "100", "--out", str(tmp_path)])
+    assert [r["step"] for r in log(tmp_path)] == [1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--export", "{run}/ckpt.pt", "--overwrite"], r"^--export .*run/ckpt.pt is one of the run's own files in --out"),
+    (["--init", "{run}/ckpt.pt", "--overwrite"], r"^--out .*run would write over or into the input --init .*: "
+                                                 r"choose another --out$"),
+    (["--first-stage", "{tmp}"], r"^--out .*would write over or into the input --first-stage"),
+])
+def test_an_output_that_is_an_input_or_a_run_file_is_refused(tmp_path, argv, message):
+    run = tmp_path / "run"
+    train.main(TINY + ["--steps", "1", "--val-every", "100", "--out", str(run)])
+    before = (run / "ckpt.pt").read_bytes()
+    with pytest.raises(SystemExit, match=message):
+        train.main(TINY + ["--steps", "2", "--out", str(run)]
+                   + [a.format(run=run, tmp=tmp_path) for a in argv])
+    assert (run / "ckpt.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], r"^--seed must be ≥ 0, got -1$"),
+    (["--device", "foo"], r"^--device foo: not a torch device"),
+    (["--device", "cuda:7"], r"^--device cuda:7: \d+ CUDA device\(s\) here; use --device cpu$"),
+    (["--out", "{file}"], r"^--out .*a_file is a file; a run is a folder: choose another --out$"),
+    (["--data", "/nonexistent"], r"^--data /nonexistent: no such folder"),
+])
+def test_bad_flags_get_one_line_before_anything_loads(tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(toy, "make_first_stage", lambda *a, **k: pytest.fail("loaded before the check"))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit, match=message):
+        train.main(TINY + [a.format(file=tmp_path / "a_file") for a in argv])
+
+
+def test_missing_slakh_folder_is_named_before_the_missing_weights(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^--data slakh/: no such folder"):
+        train.main(["--data", "slakh/"])
+
+
+def test_unwritable_out_is_one_line(tmp_path, monkeypatch):
+    """Root writes anywhere, so an unwritable folder is simulated by os.access (the check train.py makes)."""
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(SystemExit, match=r"^--out .*run: not writable; choose another --out$"):
+        train.main(TINY + ["--steps", "1", "--out", str(tmp_path / "run")])
+
+
+def test_resume_refuses_another_world_size(tmp_path, monkeypatch):
+    train.main(TINY + ["--steps", "1", "--val-every", "100", "--out", str(tmp_path)])
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["world_size"] == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match=r"trained on 1 process\(es\), this is 2; resume it with torchrun "
+                                         r"--nproc_per_node 1"):
+        train.main(["--resume", str(tmp_path), "--steps", "2"])
+
+
+def test_warmup_is_the_official_formula(tmp_path):
+    """Official warmup_step: lr = base · global_step / warmup for global_step ≤ warmup, so the first update is at 0."""
+    train.main(TINY + ["--steps", "6", "--warmup", "4", "--val-every", "100", "--out", str(tmp_path)])
+    assert [r["lr"] for r in log(tmp_path)] == pytest.approx([0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+
+
+def test_help_shows_the_defaults_of_the_run_it_describes(capsys):
+    for argv, lr in (([], "0.0003"), (["--data", "slakh/"], "3e-05"), (["--stage", "vae"], "0.001")):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv + ["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"AdamW learning rate after the warm-up (default: {lr})" in text, argv
