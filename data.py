@@ -23,10 +23,12 @@ Every item is a float32 tensor (S, c). Silence is data: an absent instrument is 
 import errno
 import fcntl
 import hashlib
+import json
 import math
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import signal
 import typing
@@ -283,7 +285,7 @@ class OutputLock:
     the kernel's (flock), so a run that crashes or is killed releases it; the lock file is removed on a clean exit."""
 
     def __init__(self, out):
-        out = pathlib.Path(out).absolute()
+        out = _target(out)  # a link and its target are one output
         self.path = out.with_name(f".{out.name}.lock")
         self.out, self.file = out, None
 
@@ -319,9 +321,10 @@ def output_folder(out, overwrite=False):
 
     `out` itself when it is absent or empty. An existing non-empty `out` is refused (FileExistsError) unless overwrite:
     then the result is written to a fresh `OUT.partial` beside it and swapped in whole by finish_output, so the old
-    folder is only removed once the new one is complete, and the two are never mixed.
+    folder is only removed once the new one is complete, and the two are never mixed. When `out` is a symbolic link,
+    the folder it points to is the result (the link stays, and points to the new folder).
     """
-    out = pathlib.Path(out).absolute()
+    out = _target(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
@@ -336,13 +339,19 @@ def output_folder(out, overwrite=False):
 
 def finish_output(folder, out):
     """Move a complete result `folder` (from output_folder) to `out`, replacing the old `out` only now."""
-    out = pathlib.Path(out).absolute()
+    out = _target(out)
     if folder == out:
         return
     old = out.with_name(f".{out.name}.old.{os.getpid()}")
     os.rename(out, old)
     os.rename(folder, out)
     shutil.rmtree(old)
+
+
+def _target(out):
+    """`out` as an absolute path; a symbolic link (even one to a folder not made yet) stands for its target."""
+    out = pathlib.Path(out).absolute()
+    return pathlib.Path(os.path.realpath(out)) if out.is_symlink() else out
 
 
 LAYOUT_FOLDERS = (*(f"stem_{s}" for s in range(len(TRACKS))), *TRACKS, "mix")
@@ -374,6 +383,134 @@ def write_piece(out, name, waves, sr=SAMPLE_RATE):
     total = waves.sum(0)
     atomic_write(mix, lambda tmp: sf.write(tmp, np.clip(total, -1, 1), sr, subtype="PCM_16", format="WAV"))
     return int((np.abs(waves) > 1).sum() + (np.abs(total) > 1).sum())
+
+
+class SampleFolder:
+    """A folder of pieces in write_piece's layout plus OUT/settings.json, written by one run (sample.py): the one place
+    that decides what goes into it, and what is kept when a run fails or is interrupted.
+
+        folder = SampleFolder(out, names, settings, match=keys, overwrite=False, resume=False, ckpt=PATH)
+        with folder:                           # locks `out`, then plans: folder.todo = indices of the pieces to make
+            folder.write(names[i], waves)      # for i in folder.todo, in any order, as each piece is ready
+            folder.finish(seconds)             # settings.json final; an --overwrite folder swapped in whole
+        # after an exception inside the block, folder.kept says in words what `out` holds now
+
+    Planning happens under the lock (OutputLock), so two runs never both find `out` empty. `out` absent or empty: a new
+    folder. Non-empty: refused unless overwrite (written beside it, swapped in by finish: see output_folder) or resume
+    (its settings.json must equal `settings` on the keys `match`; only the incomplete pieces are made again). Input
+    files given by keyword are recorded by content (ckpt=PATH: "ckpt_sha256", which `match` may name). On an
+    exception a replacement folder is removed (the old `out` stays as it was); otherwise settings.json is rewritten to
+    count the complete pieces. Refusals are OSError or ValueError, one line.
+    """
+
+    def __init__(self, out, names, settings, match=(), overwrite=False, resume=False, **inputs):
+        self.out, self.shown = _target(out), f"{pathlib.Path(out)}/"
+        self.names, self.settings, self.match = list(names), dict(settings), tuple(match)
+        self.overwrite, self.resume, self.inputs = overwrite, resume, inputs
+        self.lock, self.path, self.todo, self.clipped = OutputLock(self.out), None, [], {}
+        self.kept, self.resumable, self.done = None, False, False  # after a failure: what `out` holds, in words
+
+    def __enter__(self):
+        self.lock.__enter__()
+        try:
+            self._plan()
+        except BaseException:
+            self.lock.__exit__()
+            raise
+        return self
+
+    def _plan(self):
+        for key, path in self.inputs.items():  # input files by content (KEY_sha256), wherever they lie now
+            with open(path, "rb") as f:
+                self.settings[f"{key}_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+        self.settings["threads"] = torch.get_num_threads()  # CPU float sums are ordered by the thread count
+        if self.resume and self.out.is_dir() and any(self.out.iterdir()):
+            before = self._read_settings()
+            changed = [k for k in self.match if before.get(k) != self.settings.get(k)]
+            if changed:
+                raise ValueError(f"--resume {self.shown}: settings differ from its settings.json: " + "; ".join(
+                    f"{k} {before.get(k)!r} there, {self.settings.get(k)!r} now" for k in changed))
+            self.path, self.clipped = self.out, dict(before.get("clipped_samples", {}))
+        else:
+            self.path = output_folder(self.out, self.overwrite)
+        self.todo = [i for i, name in enumerate(self.names) if not self.complete(name)]
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.save()
+
+    def _read_settings(self):
+        path = self.out / "settings.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"--resume {self.shown}: no settings.json, so not a folder of sample.py") from None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--resume: cannot read {path} ({e})") from None
+
+    def complete(self, name):
+        """Whether every file of piece `name` is there (a link counts when its stem is there too)."""
+        return all(p.exists() for p in piece_files(self.path, name))
+
+    def write(self, name, waves):
+        """Write piece `name`, waves (S, N); how many samples it clipped goes to settings.json."""
+        self.record({name: write_piece(self.path, name, waves)})
+
+    def record(self, clipped):
+        """{name: clipped samples} of pieces written (by this process or, under torchrun, by another)."""
+        self.clipped.update({k: v for k, v in clipped.items() if v})
+
+    def save(self, seconds=None):
+        """settings.json says what the folder holds now: the run's settings and how many pieces are complete."""
+        written = sum(self.complete(name) for name in self.names)
+        self.settings.update(n_pieces=len(self.names), n_written=written, complete=written == len(self.names),
+                             seconds=seconds, clipped_samples=dict(sorted(self.clipped.items())))
+        atomic_write(self.path / "settings.json", lambda tmp: tmp.write_text(json.dumps(self.settings, indent=2)))
+        return written
+
+    def finish(self, seconds=None):
+        self.save(seconds)
+        finish_output(self.path, self.out)
+        self.path, self.done = self.out, True
+
+    def __exit__(self, kind, error, traceback):
+        try:
+            if kind is not None and not self.done and self.path is not None:
+                if self.path != self.out:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                    self.kept = f"{self.shown} is unchanged"
+                else:
+                    try:
+                        written = self.save()
+                    except OSError:  # the disk is still full: the settings.json of the start stays ("complete": false)
+                        written = sum(self.complete(name) for name in self.names)
+                    self.kept = f"{written} of {len(self.names)} pieces are complete in {self.shown}"
+                    self.resumable = True
+        finally:
+            self.lock.__exit__()
+        return False
+
+    def failure(self, error, command):
+        """The one line a run ends with after `error` (an exception; KeyboardInterrupt for Ctrl-C) left the block: what
+        went wrong, what `out` holds now, and how to finish it: `command` (the run's, as a list) with --resume."""
+        what = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+        if isinstance(error, OSError) and error.filename:  # e.g. a read-only or full disk
+            what = f"--out {self.shown}: cannot write {error.filename} ({error.strerror})"
+        if self.kept is None:  # refused or interrupted before anything was written
+            return what + ("; nothing was written" if isinstance(error, KeyboardInterrupt) else "")
+        command = shlex.join([*(a for a in command if a not in ("--overwrite", "--resume")), "--resume"])
+        return f"{what}; {self.kept}" + (f"; continue with: {command}" if self.resumable else "")
+
+    def summary(self, made, seconds):
+        """Lines saying what a finished run made, what the folder holds, and how much audio was clipped."""
+        lines = [f"made {plural(made, 'piece')} in {seconds:.1f} s ({seconds / max(made, 1):.2f} s per piece); "
+                 f"{self.shown} holds {self.settings['n_written']} of {plural(len(self.names), 'piece')}"]
+        if self.clipped:
+            lines.append(f"clipped to [-1, 1]: {sum(self.clipped.values())} samples in "
+                         f"{plural(len(self.clipped), 'piece')} (clipped_samples in settings.json)")
+        return lines
+
+
+def plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
