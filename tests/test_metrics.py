@@ -3,7 +3,10 @@
 Golden numbers come from tests/fixtures/metrics/official_results.json: the output of the official
 eval_metrics/{IRS,CBS,CBD}.py (github mathwanghr/SyncTrack @ 7bbb18b) run on the 6 clips in that folder, with their
 shipped settings (fps 150, tl 100, CBS window 0.15 s). cases.json there says how each clip was made.
+tests/fixtures/ffmpeg/golden.json: what madmom itself read from the files there through FFmpeg 5.1.9 (the official
+scripts' path for a file that is not 44.1 kHz), and the official call's beats; its README says how it was made.
 """
+import hashlib
 import json
 import math
 import shutil
@@ -18,9 +21,14 @@ import metrics
 from data import TRACKS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics"
+FFMPEG = Path(__file__).parent / "fixtures" / "ffmpeg"
 OFFICIAL = json.loads((FIXTURE / "official_results.json").read_text())
 NAMES = sorted(OFFICIAL["cbs_per_sample"])  # "bass_drift.wav", ...
 SR = 16000
+
+
+def beats(wave, sr, fps=150):
+    return metrics.dbn_beats(metrics.activations(wave, sr), fps)
 
 
 def official_beats(name):
@@ -54,8 +62,8 @@ def test_metric_functions_on_official_beats_give_official_numbers():
 
 
 def test_our_beats_match_official_beats(ours):
-    """Ours: in-process scipy resampling to 44.1 kHz; official: madmom's ffmpeg. Measured on this project's machine:
-    all 417 beats of the 24 files identical (max difference 0). We allow one DBN frame (1/150 s) per beat."""
+    """Ours: FFmpeg's resampling to 44.1 kHz reproduced in-process (metrics.swr_resample); official: madmom reads the
+    files through FFmpeg. All 417 beats of the 24 files are identical."""
     result = ours
     worst, n_beats = 0.0, 0
     for key, official in OFFICIAL["beats"].items():
@@ -66,7 +74,7 @@ def test_our_beats_match_official_beats(ours):
             worst = max(worst, float(np.max(np.abs(mine - official))))
         n_beats += len(mine)
     assert n_beats == 417
-    assert worst <= 1 / 150 + 1e-9
+    assert worst == 0.0
 
 
 def test_evaluate_gives_official_numbers(ours):
@@ -80,6 +88,46 @@ def test_evaluate_gives_official_numbers(ours):
         assert result["cbd"][k] == pytest.approx(OFFICIAL["cbd"][k], rel=1e-9)
     assert result["counts"]["irs_piano"] == 5  # piano_silent has no piano beats
     assert any("piano_silent" in note and "silent" in note for note in result["notes"])
+
+def madmom_reads(wave, sr, monkeypatch):
+    """The int16 at 44.1 kHz that activations() hands to madmom, mixed to mono as madmom's remix does."""
+    seen = []
+    monkeypatch.setattr(metrics, "_rnn", lambda: lambda x: seen.append(np.asarray(x)) or np.zeros((10, 2)))
+    metrics.activations(wave, sr)
+    x = seen[0]
+    return x if x.ndim == 1 else np.mean(x, axis=-1).astype(x.dtype)
+
+
+@pytest.mark.parametrize("name", ["bass_16k.flac", "stereo_48k.wav", "chirp_8k.wav", "chirp_22k.wav"])
+def test_madmom_gets_the_samples_it_reads_through_ffmpeg(name, monkeypatch):
+    """Sample for sample (sha256) what madmom's load_audio_file read from the file through FFmpeg 5.1.9, for
+    16 kHz music, 48 kHz stereo (FFmpeg resamples, then mixes), 8 and 22.05 kHz chirps (clipping near full scale)."""
+    golden = json.loads((FFMPEG / "golden.json").read_text())["files"][name]
+    wave, sr = data.read_audio(FFMPEG / name, sr=None, channels="all")  # as evaluate() reads it
+    got = madmom_reads(wave, sr, monkeypatch)
+    assert got.dtype == np.int16 and len(got) == golden["n_44k"]
+    assert got[:8].tolist() == golden["head"] and got[-8:].tolist() == golden["tail"]
+    assert hashlib.sha256(got.astype("<i2").tobytes()).hexdigest() == golden["sha256_int16le"]
+
+
+def test_beats_of_real_music_equal_the_official_call():
+    """bass_16k.flac: a rendered bass track on which scipy's resample_poly put the first beat one DBN frame late
+    (golden "beats_resample_poly"); the official call RNNDownBeatProcessor()(path) + DBN gives golden "beats"."""
+    golden = json.loads((FFMPEG / "golden.json").read_text())["files"]["bass_16k.flac"]
+    wave, sr = data.read_audio(FFMPEG / "bass_16k.flac", sr=None)
+    assert metrics.dbn_beats(metrics.activations(wave, sr)).tolist() == golden["beats"]
+    assert golden["beats_resample_poly"] != golden["beats"]
+
+
+def test_swr_resample_is_a_resampler():
+    """Known answers: a constant stays constant (phase 0 sums to 1), a 1 kHz tone keeps its frequency and level."""
+    assert np.all(metrics.swr_resample(np.full(1600, 1000, np.int16), 16000) == 1000)
+    t = np.arange(16000) / 16000
+    out = metrics.swr_resample(np.rint(16000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16), 16000)
+    assert len(out) == 44100
+    ref = 16000 * np.sin(2 * np.pi * 1000 * np.arange(44100) / 44100)
+    assert np.max(np.abs(out[100:-100] - ref[100:-100])) < 8  # int16 LSB; the filter's passband ripple
+
 
 
 def test_closest_matches_agrees_with_madmom():
@@ -114,19 +162,19 @@ def click_track(bpm=120.0, seconds=10.24, sr=SR):
 
 def test_click_track_at_120_bpm():
     wave = click_track()
-    true_seconds = metrics.beats(wave, SR, fps=100)  # --fps 100: beat times in seconds
+    true_seconds = beats(wave, SR, fps=100)  # --fps 100: beat times in seconds
     assert np.median(np.diff(true_seconds)) == pytest.approx(0.5, abs=0.02)
     assert np.all(np.abs(true_seconds - np.round(true_seconds / 0.5) * 0.5) < 0.05)
     assert len(true_seconds) >= 19
-    paper_scale = metrics.beats(wave, SR)  # default fps 150: every time x2/3
+    paper_scale = beats(wave, SR)  # default fps 150: every time x2/3
     assert np.median(np.diff(paper_scale)) == pytest.approx(0.5 * 100 / 150, abs=0.02)
 
 
 def test_beats_of_silence_and_resampled_stereo():
-    assert len(metrics.beats(np.zeros(SR * 2, np.float32), SR)) == 0
+    assert len(beats(np.zeros(SR * 2, np.float32), SR)) == 0
     mono = click_track(seconds=5.0, sr=22050)
     stereo = np.stack([mono, mono], axis=1)
-    assert np.array_equal(metrics.beats(stereo, 22050, fps=100), metrics.beats(mono, 22050, fps=100))
+    assert np.array_equal(beats(stereo, 22050, fps=100), beats(mono, 22050, fps=100))
 
 
 def test_irs_known_values():
