@@ -5,39 +5,34 @@ A 4-track (bass, drums, guitar, piano) latent diffusion model on top of MusicLDM
 latent with track-shared modules (ResBlock + inner-track, global cross-track and time-specific cross-track attention)
 and track-specific modules conditioned on a learnable instrument prior.
 
-  I.  The paper (§3), standing on its own
-    config ............ SyncTrackConfig, PRESETS (Table A3, §5.1, official config)
-    embeddings ........ timestep_embedding, InstrumentPrior (§3 "Track-specific modules")
-    ResBlock .......... ResBlock, Downsample, Upsample (Fig. 3b)
-    attention ......... Attention (inner-track), GlobalCrossTrackAttention (Eq. 4), TimeCrossTrackAttention (Eq. 5),
-                        TrackSharedTransformer (Fig. 3a)
-    modules ........... TrackSpecificModule, TrackSharedModule (Fig. 2b, Table A3)
-    denoiser .......... SyncTrack: ε_θ({z_l^s}, l)
-    diffusion ......... q_sample, diffusion_loss (Eq. 2), ddim_sample (DDIM, App. A.8 arrangement)
-  II. The MusicLDM first stage, waveform <-> latent (Eqs. 1 and 3 use it as a frozen black box)
-    front end ......... log_mel, mel_filterbank ("STFT & MelFB")
-    VAE, vocoder ...... AutoencoderKL (VAE_enc / VAE_dec), HiFiGAN
-    first stage ....... MusicLDMFirstStage; load_first_stage (Lightning .ckpt, or vae-ckpt + hifigan-ckpt)
-  III. Checkpoints
-    read_checkpoint (safe by default), OFFICIAL_KEY_MAP + load_official (the released weights),
-    save_checkpoint, write_checkpoint, export_checkpoint, load_model (ours: the config inside)
+  I.   The paper (§3), standing on its own: SyncTrackConfig, PRESETS (Table A3, §5.1, official config);
+       timestep_embedding, InstrumentPrior; ResBlock, Downsample, Upsample (Fig. 3b); Attention (inner-track),
+       GlobalCrossTrackAttention (Eq. 4), TimeCrossTrackAttention (Eq. 5), TrackSharedTransformer (Fig. 3a);
+       TrackSpecificModule, TrackSharedModule (Fig. 2b); SyncTrack, the denoiser ε_θ({z_l^s}, l);
+       q_sample, diffusion_loss (Eq. 2), ddim_sample (DDIM; App. A.8 arrangement)
+  II.  The MusicLDM first stage, waveform <-> latent (Eqs. 1, 3: a frozen black box): log_mel ("STFT & MelFB"),
+       AutoencoderKL (VAE_enc, VAE_dec), HiFiGAN, MusicLDMFirstStage, load_first_stage
+  III. Checkpoints: read_checkpoint (safe by default), OFFICIAL_KEY_MAP + load_official (the released weights),
+       save_checkpoint, write_checkpoint, export_checkpoint, load_model (ours: the config inside)
 
-Elsewhere: toy.py holds the first stages that need no MusicLDM weights (the toy VAE + Griffin-Lim, the offline stage);
-metrics.py the rhythm metrics (Eqs. 6-8). Left out: the official code's dead mixture conditioning (its UNet discards the
-concat channels) and classifier-free guidance (scale 0, a no-op there); Lightning, YAML and registries.
+toy.py holds the first stages that need no MusicLDM weights; metrics.py the rhythm metrics (Eqs. 6-8). Left out: the
+official code's dead mixture conditioning (its UNet discards the concat channels), classifier-free guidance (scale 0,
+a no-op there), Lightning, YAML and registries.
 
 Notation (code name -> paper symbol):
-    B batch, S tracks (s), C channels, T time frames (t), F frequency bins (f), L tokens per track (T·F), N audio samples
+    B batch, S tracks (s), C channels, T time frames (t), F frequency bins (f), L tokens per track (T·F), N samples
     z: clean latent z^s (Eq. 1; z_0 of the diffusion), z_l: noisy latent at step l, step: the diffusion step l
     (paper: l of L; code: 0..n_timesteps−1), z_start: the pure noise DDIM starts from, z_hat: predicted ẑ_0,
     eps: ε, alpha_bar: ᾱ_l; t, f index time frames and frequency bins
 """
+import collections
 import contextlib
 import errno
 import math
 import os
 import pathlib
 import pickle
+import zipfile
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -76,7 +71,7 @@ class SyncTrackConfig:
     prior_hidden: int = 128                # Table A3 row 4-4: instrument prior MLP width
     # §3 variants: "paper" = Eq. 5 as written; "official" = what the released weights compute (README "Differences")
     variant: str = "paper"
-    # Table 6 ablations: ① instrument prior, ② global and ③ time-specific cross-track attention, their order, alternation
+    # Table 6 ablations: ① instrument prior, ② global, ③ time-specific cross-track attention, their order, alternation
     instrument_prior: bool = True
     global_attention: bool = True
     time_attention: bool = True
@@ -134,7 +129,7 @@ PRESETS = {
 # ---- Embeddings: diffusion step l and the learnable instrument prior -------------------------------------------------
 
 def timestep_embedding(step, dim, max_period=10000):
-    """Sinusoidal embedding of the step l: [cos(l·ω_i), sin(l·ω_i)], ω_i = max_period^(-i/(dim/2)) (official: cos first)."""
+    """Sinusoidal embedding of step l: [cos(l·ω_i), sin(l·ω_i)], ω_i = max_period^(-i/(dim/2)) (official: cos first)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=step.device) / half)
     args = step[:, None].float() * freqs[None]                  # (B, dim/2)
@@ -299,13 +294,13 @@ class TrackSharedTransformer(nn.Module):
 
     def __init__(self, ch, cfg):
         super().__init__()
-        heads = ch // cfg.head_channels
+        heads, S = ch // cfg.head_channels, len(cfg.tracks)
         self.reorder = cfg.reorder
         self.norm = nn.GroupNorm(cfg.norm_groups, ch, eps=1e-6)
         self.proj_in = nn.Conv2d(ch, ch, 1)
         self.norm1, self.attn1 = nn.LayerNorm(ch), Attention(ch, heads)
-        self.global_attn = GlobalCrossTrackAttention(ch, heads, len(cfg.tracks)) if cfg.global_attention else None
-        self.time_attn = TimeCrossTrackAttention(ch, heads, len(cfg.tracks), cfg.variant) if cfg.time_attention else None
+        self.global_attn = GlobalCrossTrackAttention(ch, heads, S) if cfg.global_attention else None
+        self.time_attn = TimeCrossTrackAttention(ch, heads, S, cfg.variant) if cfg.time_attention else None
         self.norm2, self.attn2 = nn.LayerNorm(ch), Attention(ch, heads)
         self.norm3, self.ff = nn.LayerNorm(ch), nn.Sequential(GEGLU(ch), nn.Linear(4 * ch, ch))
         self.proj_out = zero_init(nn.Conv2d(ch, ch, 1))
@@ -410,7 +405,7 @@ class SyncTrack(nn.Module):
         x = z_l.reshape(B * S, C, T, F)                                    # (B, S, C, T, F) -> (B*S, C, T, F)
         emb = self.time_embed(timestep_embedding(step, self.config.model_channels)).repeat_interleave(S, dim=0)
         # "added to the time embedding" (§3). Without the prior (Table 6 Backbone) its slot holds zeros, as the official
-        # code's commented-out `th.zeros_like(switch_emb)`: every ResBlock keeps MusicLDM's shapes, so it can be initialised
+        # code's commented-out `th.zeros_like(switch_emb)`: every ResBlock keeps MusicLDM's shapes to initialise from
         prior = self.instrument_prior().repeat(B, 1) if self.instrument_prior is not None else torch.zeros_like(emb)
         emb = torch.cat([emb, prior], dim=-1)                              # (B*S, 2E), rows b·S + s
         skips = []
@@ -499,8 +494,7 @@ def ddim_sample(model, z_start, steps=200, eta=1.0, known=None, known_mask=None,
 
 
 # ======================================================================================================================
-# PART II. THE MUSICLDM FIRST STAGE: waveform <-> latent z (Eqs. 1 and 3). Not the paper's contribution: Eqs. 1
-# and 3 treat it as a frozen black box. Front end, VAE, HiFi-GAN, the stages the pipeline holds, their loaders.
+# PART II. THE MUSICLDM FIRST STAGE: waveform <-> latent z, the frozen black box of Eqs. 1 and 3 (not the paper's own)
 # ======================================================================================================================
 
 # ---- Audio front end: waveform -> log-mel, the "STFT & MelFB" of Eq. (1) ---------------------------------------------
@@ -511,50 +505,38 @@ MEL_FLOOR = 1e-5  # official dynamic_range_compression clip value: silence = ln(
 
 
 def _hz_to_mel(hz):
-    """Slaney mel scale (librosa htk=False): linear below 1 kHz, 200/3 Hz per mel; logarithmic above, 27 mels per ×6.4."""
+    """Slaney mel scale (librosa htk=False): linear below 1 kHz, 200/3 Hz per mel; above, 27 mels per ×6.4."""
     hz = np.asarray(hz, dtype=np.float64)
-    log_part = 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) * 27.0 / np.log(6.4)
-    return np.where(hz >= 1000.0, log_part, hz * 3.0 / 200.0)
+    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1000.0) / 1000.0) * 27.0 / np.log(6.4), hz * 3.0 / 200.0)
 
 
-def _mel_to_hz(mel):
-    """Inverse of `_hz_to_mel`; 15 mels is the 1 kHz break point."""
+def _mel_to_hz(mel):  # the inverse of _hz_to_mel; 15 mels is the 1 kHz break point
     mel = np.asarray(mel, dtype=np.float64)
-    log_part = 1000.0 * np.exp((mel - 15.0) * np.log(6.4) / 27.0)
-    return np.where(mel >= 15.0, log_part, mel * 200.0 / 3.0)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((mel - 15.0) * np.log(6.4) / 27.0), mel * 200.0 / 3.0)
 
 
 def mel_filterbank(sr, n_fft, n_mels, fmin, fmax):
-    """Slaney triangular filterbank with area normalisation, numerically librosa.filters.mel's defaults.
-
-    Returns a float32 array (n_mels, 1 + n_fft // 2) that maps an STFT magnitude to mel bands.
-    """
+    """Slaney triangles, area-normalised (librosa.filters.mel's defaults): float32 (n_mels, 1 + n_fft // 2)."""
     bin_hz = np.fft.rfftfreq(n_fft, d=1.0 / sr)  # centre frequency of every STFT bin
     # n_mels + 2 edges evenly spaced in mel: band i rises from edge i to i + 1 and falls to i + 2
     edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
     low, centre, high = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (bin_hz - low) / (centre - low)
-    falling = (high - bin_hz) / (high - centre)
-    triangles = np.maximum(0.0, np.minimum(rising, falling))
+    triangles = np.maximum(0.0, np.minimum((bin_hz - low) / (centre - low), (high - bin_hz) / (high - centre)))
     # Slaney norm: height 2 / width, so every triangle has unit area in Hz (norm=None differs by up to 0.99)
     return (triangles * (2.0 / (high - low))).astype(np.float32)
 
 
 def log_mel(wave):
-    """Official log-mel: (..., N) waveform at 16 kHz -> (..., N // 160, 64) natural-log mel, time-major.
-
-    Periodic Hann, centred STFT with reflect padding, magnitude (not power), Slaney mel, ln(max(mel, 1e-5)).
-    Of the 1 + N // 160 centred frames the first N // 160 are kept (1024 for 163840 samples), as the official code does.
-    """
+    """Official log-mel: (..., N) waveform at 16 kHz -> (..., N // 160, 64) natural-log mel, time-major. Periodic
+    Hann, centred STFT, reflect padding, magnitude, Slaney mel, ln(max(mel, 1e-5)); the first N // 160 frames."""
     lead, n = wave.shape[:-1], wave.shape[-1]
     x = wave.reshape(-1, n)  # (..., N) -> (B, N)
     window = torch.hann_window(MEL_N_FFT, periodic=True, dtype=x.dtype, device=x.device)
     spec = torch.stft(x, MEL_N_FFT, MEL_HOP, MEL_N_FFT, window, center=True, pad_mode="reflect",
                       return_complex=True).abs()  # (B, 1 + n_fft / 2, 1 + N // hop)
     basis = torch.from_numpy(mel_filterbank(SAMPLE_RATE, MEL_N_FFT, MEL_BINS, 0.0, MEL_FMAX)).to(x)
-    mel = torch.log(torch.clamp(basis @ spec, min=MEL_FLOOR))  # (B, F, 1 + N // hop)
-    frames = n // MEL_HOP
-    return mel[..., :frames].transpose(1, 2).reshape(*lead, frames, MEL_BINS)  # (B, F, T) -> (..., T, F)
+    mel = torch.log(torch.clamp(basis @ spec, min=MEL_FLOOR))[..., :n // MEL_HOP]  # (B, F, T), T = N // hop
+    return mel.transpose(1, 2).reshape(*lead, n // MEL_HOP, MEL_BINS)  # (B, F, T) -> (..., T, F)
 
 
 # ---- VAE: MusicLDM's AutoencoderKL, VAE_enc of Eq. (1) and VAE_dec of Eq. (3) ----------------------------------------
@@ -579,7 +561,7 @@ class VAEResnetBlock(nn.Module):
 
 
 class VAEAttnBlock(nn.Module):
-    """Single-head self-attention over all T·F positions, with 1x1-conv projections (official names q, k, v, proj_out)."""
+    """Single-head self-attention over all T·F positions, 1x1-conv projections (official q, k, v, proj_out)."""
 
     def __init__(self, channels):
         super().__init__()
@@ -592,7 +574,7 @@ class VAEAttnBlock(nn.Module):
     def forward(self, x):  # (B, C, T, F) -> (B, C, T, F)
         b, c, t, f = x.shape
         h = self.norm(x)
-        q, k, v = (conv(h).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))  # (B, C, T, F) -> (B, T·F, C)
+        q, k, v = (conv(h).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))  # -> (B, T·F, C)
         h = nnf.scaled_dot_product_attention(q, k, v)  # softmax(q kᵀ / √C) v
         return x + self.proj_out(h.transpose(1, 2).reshape(b, c, t, f))  # (B, T·F, C) -> (B, C, T, F)
 
@@ -607,13 +589,14 @@ class VAEDownsample(nn.Module):
         return self.conv(nnf.pad(x, (0, 1, 0, 1)))
 
 
-def _vae_mid(channels):
-    """The bottleneck both halves share: ResBlock, attention, ResBlock (official `mid`)."""
-    mid = nn.Module()
-    mid.block_1 = VAEResnetBlock(channels, channels)
-    mid.attn_1 = VAEAttnBlock(channels)
-    mid.block_2 = VAEResnetBlock(channels, channels)
-    return mid
+def _vae_mid(ch):  # the bottleneck both halves share (official `mid`): ResBlock, attention, ResBlock
+    return nn.Sequential(collections.OrderedDict(block_1=VAEResnetBlock(ch, ch), attn_1=VAEAttnBlock(ch),
+                                                 block_2=VAEResnetBlock(ch, ch)))
+
+
+def _vae_level(blocks, resize=None, name=""):
+    """One resolution level (official names: level.block.j, level.downsample / level.upsample), applied in order."""
+    return nn.Sequential(collections.OrderedDict(block=nn.Sequential(*blocks), **({name: resize} if resize else {})))
 
 
 class VAEEncoder(nn.Module):
@@ -621,27 +604,18 @@ class VAEEncoder(nn.Module):
         super().__init__()
         widths = [ch] + [ch * m for m in ch_mult]  # widths[i] enters level i, widths[i + 1] leaves it
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        for i in range(len(ch_mult)):
-            level = nn.Module()
-            level.block = nn.ModuleList([VAEResnetBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1])
-                                         for j in range(num_res_blocks)])
-            if i < len(ch_mult) - 1:  # the coarsest level keeps its resolution
-                level.downsample = VAEDownsample(widths[i + 1])
-            self.down.append(level)
+        levels = []
+        for i in range(len(ch_mult)):  # the coarsest level keeps its resolution
+            blocks = [VAEResnetBlock(widths[i + (j > 0)], widths[i + 1]) for j in range(num_res_blocks)]
+            down = VAEDownsample(widths[i + 1]) if i < len(ch_mult) - 1 else None
+            levels.append(_vae_level(blocks, down, "downsample"))
+        self.down = nn.Sequential(*levels)
         self.mid = _vae_mid(widths[-1])
         self.norm_out = nn.GroupNorm(32, widths[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(widths[-1], 2 * z_channels, 3, padding=1)  # double_z: mean and log-variance
 
     def forward(self, x):  # (B, 1, T, F) -> (B, 2·Z, T/4, F/4) for three levels
-        h = self.conv_in(x)
-        for level in self.down:
-            for block in level.block:
-                h = block(h)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h)
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        return self.conv_out(nnf.silu(self.norm_out(h)))
+        return self.conv_out(nnf.silu(self.norm_out(self.mid(self.down(self.conv_in(x))))))
 
 
 class VAEDecoder(nn.Module):
@@ -652,48 +626,38 @@ class VAEDecoder(nn.Module):
         self.mid = _vae_mid(width)
         levels = []
         for i in reversed(range(len(ch_mult))):  # built coarse to fine, stored fine to coarse as the official `up`
-            level = nn.Module()
-            level.block = nn.ModuleList([VAEResnetBlock(width if j == 0 else ch * ch_mult[i], ch * ch_mult[i])
-                                         for j in range(num_res_blocks + 1)])
+            blocks = [VAEResnetBlock(width if j == 0 else ch * ch_mult[i], ch * ch_mult[i])
+                      for j in range(num_res_blocks + 1)]
             width = ch * ch_mult[i]
-            if i > 0:
-                level.upsample = Upsample(width)  # Part I's: nearest ×2, then a 3×3 conv
-            levels.insert(0, level)
+            levels.insert(0, _vae_level(blocks, Upsample(width) if i > 0 else None, "upsample"))  # Part I's Upsample
         self.up = nn.ModuleList(levels)
         self.norm_out = nn.GroupNorm(32, width, eps=1e-6)
         self.conv_out = nn.Conv2d(width, out_ch, 3, padding=1)
 
     def forward(self, z):  # (B, Z, T/4, F/4) -> (B, 1, T, F) for three levels
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
-            for block in level.block:
-                h = block(h)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
+            h = level(h)
         return self.conv_out(nnf.silu(self.norm_out(h)))  # no output activation: the decoder emits the log-mel itself
 
 
 class AutoencoderKL(nn.Module):
-    """MusicLDM's KL-regularised VAE, built from the official `ddconfig` dict (keys it does not use are ignored).
-
-    Our one extra key, `fold` (default 1, MusicLDM), folds fold×fold mel patches into channels before the encoder and
-    back after the decoder (in_channels = out_ch = fold²): the toy stage's way to be cheap on a CPU.
-    """
+    """MusicLDM's KL-regularised VAE from the official `ddconfig` dict (unused keys ignored). Our one extra key,
+    `fold` (MusicLDM: 1), folds fold×fold mel patches into channels (in_channels = out_ch = fold²) for the toy stage."""
 
     def __init__(self, ddconfig, embed_dim):
         super().__init__()
-        if not ddconfig.get("double_z", True) or ddconfig.get("attn_resolutions"):
-            raise ValueError(f"ddconfig {ddconfig}: only double_z=True and attn_resolutions=[] (MusicLDM's VAE) "
-                             "are implemented")
+        self.fold = ddconfig.get("fold", 1)
+        if not ddconfig.get("double_z", True) or ddconfig.get("attn_resolutions") or \
+                ddconfig["in_channels"] != self.fold ** 2 or ddconfig["out_ch"] != self.fold ** 2:
+            raise ValueError(f"ddconfig {ddconfig}: implemented: double_z=True, attn_resolutions=[] (MusicLDM's VAE) "
+                             f"and in_channels = out_ch = fold² = {self.fold ** 2}")
         ch, ch_mult, n_res, z = ddconfig["ch"], ddconfig["ch_mult"], ddconfig["num_res_blocks"], ddconfig["z_channels"]
         self.encoder = VAEEncoder(ch, ch_mult, n_res, ddconfig["in_channels"], z)
         self.decoder = VAEDecoder(ch, ch_mult, n_res, ddconfig["out_ch"], z)
         self.quant_conv = nn.Conv2d(2 * z, 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z, 1)
         self.ddconfig, self.embed_dim = ddconfig, embed_dim
-        self.fold = ddconfig.get("fold", 1)
-        if ddconfig["in_channels"] != self.fold ** 2 or ddconfig["out_ch"] != self.fold ** 2:
-            raise ValueError(f"ddconfig {ddconfig}: in_channels and out_ch must be fold² = {self.fold ** 2}")
         self.downsampling = self.fold * 2 ** (len(ch_mult) - 1)  # T and F shrink by this factor (4 for MusicLDM)
 
     def encode(self, mel):
@@ -714,9 +678,8 @@ MUSICLDM_DDCONFIG = dict(double_z=True, z_channels=8, resolution=256, in_channel
 MUSICLDM_EMBED_DIM = 8  # official config: embed_dim 8, latent 8 × 256 × 16 per track
 
 
-# ---- HiFi-GAN vocoder, the HiFiGAN of Eq. (3) ------------------------------------------------------------------------
-# The official generator (V1 layout, ResBlock1 regardless of the config's "resblock" key), plain convolutions:
-# checkpoints in weight-norm form are folded at load time (see `fold_weight_norm`).
+# ---- HiFi-GAN vocoder, the HiFiGAN of Eq. (3): the official generator (V1 layout, ResBlock1 whatever the config's
+# "resblock" says) with plain convolutions; weight-norm checkpoints are folded at load time (fold_weight_norm).
 
 class HiFiGANResBlock(nn.Module):
     """Three dilated/undilated conv pairs with residuals; official names convs1 (dilated) and convs2."""
@@ -752,12 +715,8 @@ class HiFiGAN(nn.Module):
         self.conv_post = nn.Conv1d(width, 1, 7, padding=3)
 
     def forward(self, mel):
-        """Natural-log mel (B, F, T) -> waveform (B, 1, 160·T + 32) in (-1, 1).
-
-        The first transposed conv (kernel 16, stride 5, padding 5) yields 5T + 1 frames, hence 32 samples beyond 160·T.
-        """
-        x = self.conv_pre(mel)
-        n = self.kernels_per_stage
+        """Natural-log mel (B, F, T) -> waveform (B, 1, 160·T + 32): the first up-conv makes 5T + 1 frames of 32."""
+        x, n = self.conv_pre(mel), self.kernels_per_stage
         for i, up in enumerate(self.ups):
             x = up(nnf.leaky_relu(x, 0.1))  # (B, C, L) -> (B, C/2, rate·L)
             # multi-receptive-field fusion: the mean of the stage's parallel residual blocks
@@ -768,21 +727,19 @@ class HiFiGAN(nn.Module):
 
 HIFIGAN_16K_64 = dict(num_mels=64, upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
                       upsample_initial_channel=1024, resblock_kernel_sizes=[3, 7, 11],
-                      resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]])  # official src/hifigan/config_16k_64.json
+                      resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]])  # official hifigan/config_16k_64.json
 
 
-# ---- First stages: the latent interface the denoiser is trained and sampled in ---------------------------------------
-# Every first stage (this one and toy.py's) takes (B, S, N) waveforms at 16 kHz and gives (B, S, C, T, F) latents;
-# the rest of the pipeline does not care which one it holds. N must be a multiple of 640 = hop 160 × the 4× time downsampling.
+# ---- First stages: the latent interface. Every first stage (this one and toy.py's) takes (B, S, N) waveforms at 16 kHz
+# and gives (B, S, C, T, F) latents; N is a multiple of 640 = hop 160 × the 4× time downsampling (MusicLDM).
 
 def check_wave(wave, multiple):
-    """Validate a (B, S, N) float waveform batch; the sample rate cannot be checked from a tensor, so it is assumed."""
+    """Validate a (B, S, N) float waveform batch (its sample rate is assumed: a tensor does not carry it)."""
     if wave.dim() != 3 or wave.shape[-1] == 0 or wave.shape[-1] % multiple or not wave.is_floating_point():
         raise ValueError(f"expected mono {SAMPLE_RATE} Hz float audio of shape (B, S, N) with N a positive multiple of "
                          f"{multiple} (10.24 s = 163840 samples); got {wave.dtype} of shape {tuple(wave.shape)}")
-    peak = wave.abs().max().item()
-    if peak > 2.0:  # catches int16-scaled audio; resampling a full-scale file may overshoot 1 a little, which is fine
-        raise ValueError(f"expected audio in [-1, 1]; got peak {peak:.4g} (divide int16 samples by 32768)")
+    if wave.abs().max() > 2.0:  # int16-scaled audio; a resampled full-scale file may overshoot 1 a little, fine
+        raise ValueError(f"expected audio in [-1, 1]; got peak {wave.abs().max():.4g} (divide int16 samples by 32768)")
     return wave.shape
 
 
@@ -793,10 +750,8 @@ def check_latent(z, channels, bins):
 
 
 class MusicLDMFirstStage(nn.Module):
-    """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z / scale)).
-
-    The toy stage (toy.py) is the same pipeline in miniature: a small VAE with Griffin-Lim as the vocoder, kind "toy-vae".
-    """
+    """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z/scale)).
+    The toy stage (toy.py, kind "toy-vae") is this pipeline in miniature: a small VAE, Griffin-Lim as vocoder."""
 
     def __init__(self, vae, vocoder, scale_factor, kind="musicldm"):
         super().__init__()
@@ -812,27 +767,18 @@ class MusicLDMFirstStage(nn.Module):
         """(C, T, F) of one track's latent for an n_samples waveform: (8, 256, 16) for 10.24 s."""
         if n_samples <= 0 or n_samples % self.multiple:
             raise ValueError(f"n_samples must be a positive multiple of {self.multiple}; got {n_samples}")
-        d = self.vae.downsampling
-        return (self.latent_channels, n_samples // MEL_HOP // d, MEL_BINS // d)
+        return (self.latent_channels, n_samples // self.multiple, MEL_BINS // self.vae.downsampling)
 
     @torch.no_grad()
     def encode(self, wave, sample=True, generator=None):
-        """(B, S, N) waveform -> (B, S, C, T, F) scaled latent.
-
-        sample=True draws from the posterior as the official training target does (`generator` on wave's device);
-        sample=False returns the posterior mean.
-        """
+        """(B, S, N) waveform -> (B, S, C, T, F): a posterior sample (the official training target) or the mean."""
         mean, std = self.posterior(wave)
-        if not sample:
-            return mean
-        return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype) if sample else 0
+        return mean + std * noise
 
     @torch.no_grad()
     def posterior(self, wave):
-        """(B, S, N) waveform -> mean and standard deviation of the scaled posterior, each (B, S, C, T, F).
-
-        Training on a fixed set of clips can keep these (data.EncodedClips) and draw z = mean + std·ε per step,
-        exactly what encode(sample=True) draws, without running the encoder again."""
+        """(B, S, N) -> the scaled posterior's mean and std, each (B, S, C, T, F), as data.EncodedClips keeps them."""
         b, s, n = check_wave(wave, self.multiple)
         mean, logvar = self.vae.encode(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, C, T/d, F/d)
         std = torch.exp(0.5 * logvar)
@@ -844,51 +790,31 @@ class MusicLDMFirstStage(nn.Module):
         b, s = check_latent(z, self.latent_channels, MEL_BINS // self.vae.downsampling)[:2]
         mel = self.vae.decode(z.flatten(0, 1) / self.scale_factor)  # (B·S, C, T, F) -> (B·S, 4T, 64)
         wave = self.vocoder(mel.transpose(1, 2))  # (B·S, 64, 4T) -> (B·S, 1, N + 32)
-        n = mel.shape[1] * MEL_HOP
-        # the vocoder makes 32 samples more than the clip (the official eval keeps them): trim so lengths round-trip
+        n = mel.shape[1] * MEL_HOP  # the 32 extra samples (the official eval keeps them) trimmed: lengths round-trip
         return wave[:, 0, :n].reshape(b, s, n)  # (B·S, N) -> (B, S, N)
 
 
-# ---- Loading the first stage from the files MusicLDM's weights come in -----------------------------------------------
-#   1. Lightning checkpoint (MusicLDM musicldm-ckpt.ckpt or SyncTrack's pretrained one): first_stage_model.* + scale_factor
-#   2. a folder with the official vae-ckpt.ckpt + hifigan-ckpt.ckpt (Zenodo bundle; weight-norm HiFi-GAN)
-
-# MusicLDM's scale_factor as published in ucsd-reach/musicldm vae/config.json (converted from musicldm-ckpt.ckpt);
-# used only for the separate vae-ckpt/hifigan-ckpt files, which carry none.
-MUSICLDM_SCALE_FACTOR = 1.075324296951294
-
-
-def _listing(label, items, limit=20):
-    if not items:
-        return ""
-    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
-    return f"\n  {label} ({len(items)}): " + ", ".join(items[:limit]) + more
+# ---- Loading the first stage: a Lightning .ckpt (MusicLDM's or SyncTrack's: first_stage_model.* + scale_factor), or a
+# folder with the official vae-ckpt.ckpt + hifigan-ckpt.ckpt (weight-norm HiFi-GAN), which carry no scale factor:
+MUSICLDM_SCALE_FACTOR = 1.075324296951294  # ucsd-reach/musicldm vae/config.json (from musicldm-ckpt.ckpt)
 
 
 def load_strict(module, state, source):
-    """Load `state` into `module` only if every tensor is claimed and has the right shape; otherwise list the culprits."""
-    expected = module.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    wrong = [f"{k} {tuple(state[k].shape)} vs expected {tuple(expected[k].shape)}"
-             for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{source}: tensors do not match {type(module).__name__}" + _listing("missing", missing)
-                         + _listing("unexpected", unexpected) + _listing("wrong shape", wrong))
-    module.load_state_dict({k: v.float() for k, v in state.items()})
+    """Load `state` into `module` strictly (torch names missing, unexpected, misshapen tensors), in eval mode."""
+    try:
+        module.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as e:
+        raise ValueError(f"{source}: tensors do not match: {' '.join(str(e).split())}") from None
     return module.eval()
 
 
 def fold_weight_norm(state):
-    """weight_g, weight_v -> weight = v · g / ‖v‖ (torch weight_norm, dim 0: norm over all but the first axis)."""
-    folded = {}
-    for key, value in state.items():
-        base = key[:-2]  # "...weight_v" -> "...weight"
-        if key.endswith(".weight_v") and base + "_g" in state:
-            v, g = value.float(), state[base + "_g"].float()
-            folded[base] = v * (g / v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1)))
-        elif not (key.endswith(".weight_g") and base + "_v" in state):
-            folded[key] = value  # plain tensors pass through; strays are reported by the strict load
+    """weight_g, weight_v -> weight = v · g / ‖v‖ (torch weight_norm, dim 0); other tensors pass through."""
+    pairs = {k[:-2] for k in state if k.endswith(".weight_v") and k[:-1] + "g" in state}  # "...weight"
+    folded = {k: v for k, v in state.items() if not (k.endswith(("_g", "_v")) and k[:-2] in pairs)}
+    for base in pairs:
+        v, g = state[base + "_v"].float(), state[base + "_g"].float()
+        folded[base] = v * (g / v.flatten(1).norm(dim=1).view(-1, *[1] * (v.dim() - 1)))
     return folded
 
 
@@ -903,64 +829,57 @@ def _load_official_pair(folder, trust):
         raise ValueError(f"{folder / 'hifigan-ckpt.ckpt'}: no 'generator' entry (keys: {sorted(hifigan_file)[:10]})")
     vae = load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM), vae_state, folder / "vae-ckpt.ckpt")
     vocoder = load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(hifigan_file["generator"]),
-                           folder / "hifigan-ckpt.ckpt")
+                          folder / "hifigan-ckpt.ckpt")
     return vae, vocoder, MUSICLDM_SCALE_FACTOR
 
 
 def _load_lightning(checkpoint, path):
-    """A MusicLDM or SyncTrack Lightning checkpoint: the first stage is the first_stage_model.* subtree."""
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    """A MusicLDM or SyncTrack Lightning checkpoint: the first_stage_model.* subtree (loss.* only trains the VAE)."""
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else {}
     prefix = "first_stage_model."
-    if not isinstance(state, dict) or not any(k.startswith(prefix) for k in state):
-        raise ValueError(f"{path}: no first_stage_model.* tensors, so not a MusicLDM/SyncTrack Lightning checkpoint. "
-                         "For the separate vae-ckpt.ckpt and hifigan-ckpt.ckpt, pass the folder that holds both.")
-    if "scale_factor" not in state:
-        raise ValueError(f"{path}: first_stage_model.* found but no scale_factor")
-    vae_state, voc_state = {}, {}
-    for key, value in state.items():
-        if not key.startswith(prefix) or key.startswith(prefix + "loss."):
-            continue  # the denoiser, EMA, CLAP and schedule are not ours; loss.* only trains the VAE
-        name = key[len(prefix):]
-        if name.startswith("vocoder."):
-            voc_state[name[len("vocoder."):]] = value
-        else:
-            vae_state[name] = value  # anything but encoder/decoder/quant convs is reported by the strict load
-    vae = load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM), vae_state, f"{path} ({prefix}*)")
-    vocoder = load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(voc_state), f"{path} ({prefix}vocoder.*)")
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(prefix + "loss.")}
+    if not sub or "scale_factor" not in state:
+        raise ValueError(f"{path}: no first_stage_model.* tensors and scale_factor: not a MusicLDM/SyncTrack Lightning "
+                         "checkpoint (for vae-ckpt.ckpt and hifigan-ckpt.ckpt, give the folder holding both)")
+    vae = load_strict(AutoencoderKL(MUSICLDM_DDCONFIG, MUSICLDM_EMBED_DIM),
+                      {k: v for k, v in sub.items() if not k.startswith("vocoder.")}, f"{path} ({prefix}*)")
+    vocoder = load_strict(HiFiGAN(HIFIGAN_16K_64), fold_weight_norm(
+        {k[len("vocoder."):]: v for k, v in sub.items() if k.startswith("vocoder.")}), f"{path} ({prefix}vocoder.*)")
     return vae, vocoder, float(state["scale_factor"])
 
 
 def load_first_stage(src, trust=False, name=None):
-    """Load MusicLDM's VAE and HiFi-GAN -> (AutoencoderKL, HiFiGAN, scale_factor), both modules in eval mode.
-
-    `src` is a Lightning .ckpt path (first_stage_model.*), a folder with vae-ckpt.ckpt + hifigan-ckpt.ckpt, or a
-    Lightning checkpoint already loaded (then `name` names it in errors). Pickle-based files are read with
-    torch.load(weights_only=True) unless `trust` is set. (The diffusers folder: extras/convert_musicldm.py.)"""
+    """MusicLDM's (AutoencoderKL, HiFiGAN, scale_factor) in eval mode from a Lightning .ckpt, a folder with
+    vae-ckpt.ckpt + hifigan-ckpt.ckpt, or a loaded Lightning dict (`name` names it); pickled files need `trust`."""
     if isinstance(src, dict):
         return _load_lightning(src, name or "checkpoint")
     path = pathlib.Path(src)
-    if path.is_dir():
-        if (path / "vae-ckpt.ckpt").is_file() and (path / "hifigan-ckpt.ckpt").is_file():
-            return _load_official_pair(path, trust)
-        hint = " (a diffusers folder: convert it with extras/convert_musicldm.py)" if (path / "vae").is_dir() else ""
-        raise ValueError(f"{path}: expected a folder with vae-ckpt.ckpt and hifigan-ckpt.ckpt{hint}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
-    return _load_lightning(read_checkpoint(path, trust), path)
+    if not path.is_dir():  # a file: read_checkpoint names one that is missing or unreadable
+        return _load_lightning(read_checkpoint(path, trust), path)
+    if (path / "vae-ckpt.ckpt").is_file() and (path / "hifigan-ckpt.ckpt").is_file():
+        return _load_official_pair(path, trust)
+    hint = " (a diffusers folder: convert it with extras/convert_musicldm.py)" if (path / "vae").is_dir() else ""
+    raise ValueError(f"{path}: expected a folder with vae-ckpt.ckpt and hifigan-ckpt.ckpt{hint}")
 
 
 # ======================================================================================================================
 # PART III. CHECKPOINTS: reading files, the official UNet key map, our save / load / export
 # ======================================================================================================================
 
-# ---- Reading a checkpoint file ---------------------------------------------------------------------------------------
-
 def read_checkpoint(path, trust=False):
-    """torch.load on CPU. Tensors-only files load safely; pickled objects (Lightning) need trust=True."""
+    """torch.load on CPU. Tensors-only files load safely; pickled objects (Lightning) need trust=True. A file that
+    cannot be a checkpoint (a folder, empty, neither torch.save's zip nor a pickle: truncated, text) is named."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    problem = ("a folder, not a checkpoint file" if os.path.isdir(path) else
+               "an empty file" if os.path.getsize(path) == 0 else None)
+    if problem is None and not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:  # else a pickle (protocol 2+) or nothing torch.load reads
+            problem = None if f.read(1) == b"\x80" else "not a PyTorch checkpoint (truncated, or another format)"
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint") from None
     except pickle.UnpicklingError as e:  # weights_only refuses objects beyond tensors and plain containers
         if not trust:
             raise ValueError(f"{path}: this checkpoint stores pickled Python objects (e.g. a Lightning checkpoint); "
@@ -995,7 +914,7 @@ def is_synctrack_new(key):
     return any(part in "." + key for part in SYNCTRACK_NEW)
 
 
-def official_to_ours(key):
+def official_to_ours(key):  # OFFICIAL_KEY_MAP's rows in order
     for theirs, ours in OFFICIAL_KEY_MAP:
         key = key.replace(theirs, ours, 1)
     return key
@@ -1004,19 +923,17 @@ def official_to_ours(key):
 def official_config(unet_config, **overrides):
     """The SyncTrackConfig matching an official `unet_config` dict (variant "official")."""
     return SyncTrackConfig(latent_channels=unet_config["in_channels"], model_channels=unet_config["model_channels"],
-                           channel_mult=tuple(unet_config["channel_mult"]), num_res_blocks=unet_config["num_res_blocks"],
+                           channel_mult=tuple(unet_config["channel_mult"]),
+                           num_res_blocks=unet_config["num_res_blocks"],
                            attention_ds=tuple(unet_config["attention_resolutions"]),
                            head_channels=unet_config["num_head_channels"], variant="official", **overrides)
 
 
 def load_official(model, src, ema=True, trust=False, name=None):
-    """Load a SyncTrack or MusicLDM Lightning checkpoint (path, or loaded dict and its `name` for errors) into `model`;
-    returns a report dict.
-
-    UNet tensors are `state_dict["model.diffusion_model.<key>"]`; with ema=True the EMA shadow
-    `model_ema.<"diffusion_model."+key without dots>` is preferred where present (the official code samples with it).
-    Keys are mapped by OFFICIAL_KEY_MAP and shape-checked. For a MusicLDM checkpoint the SyncTrack-new tensors
-    (SYNCTRACK_NEW) are reported as newly initialised; anything else missing, unexpected or misshapen raises KeyError.
+    """Load a SyncTrack or MusicLDM Lightning checkpoint (a path, or a loaded dict and its `name`) into `model`;
+    returns a report. UNet tensors are `model.diffusion_model.<key>`; with ema=True the EMA shadow `model_ema.<
+    "diffusion_model." + key without dots>` is preferred (the official code samples with it). Keys go through
+    OFFICIAL_KEY_MAP, shapes are checked; from MusicLDM the SYNCTRACK_NEW tensors start fresh; misfits raise KeyError.
     The released SyncTrack weights need SyncTrackConfig(variant="official")."""
     name = src if isinstance(src, str) else name or "checkpoint"
     state = src if isinstance(src, dict) else read_checkpoint(src, trust)
@@ -1025,41 +942,27 @@ def load_official(model, src, ema=True, trust=False, name=None):
     unet = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not unet:
         raise KeyError(f"{name}: no '{prefix}*' tensors: not a SyncTrack or MusicLDM checkpoint")
-    source = "raw"
-    if ema:
-        shadow = {k: state["model_ema." + ("diffusion_model." + k).replace(".", "")] for k in unet
-                  if "model_ema." + ("diffusion_model." + k).replace(".", "") in state}
-        if shadow:
-            unet.update(shadow)
-            source = "ema"
+    shadow = {k: state[e] for k in unet if (e := "model_ema." + ("diffusion_model." + k).replace(".", "")) in state}
+    unet.update(shadow if ema else {})
+    source = "ema" if ema and shadow else "raw"
     ours = model.state_dict()
-    mapped, unexpected, ignored, misshapen = {}, [], [], []
-    for key, value in unet.items():
-        if key.startswith(MUSICLDM_IGNORED):
-            ignored.append(key)
-            continue
-        our_key = official_to_ours(key)
-        if our_key not in ours:
-            unexpected.append(key)
-        elif ours[our_key].shape != value.shape:
-            misshapen.append(f"{key} {tuple(value.shape)} != ours {tuple(ours[our_key].shape)}")
-        else:
-            mapped[our_key] = value
-    missing = [k for k in ours if k not in mapped]
+    ignored = [k for k in unet if k.startswith(MUSICLDM_IGNORED)]
+    mapped = {official_to_ours(k): v for k, v in unet.items() if k not in ignored}
+    unexpected = [k for k in mapped if k not in ours]
+    misshapen = [f"{k} {tuple(v.shape)} != ours {tuple(ours[k].shape)}" for k, v in mapped.items()
+                 if k in ours and v.shape != ours[k].shape]
     has_new = any(map(is_synctrack_new, mapped))  # a SyncTrack checkpoint must have all of them
-    new = [] if has_new else [k for k in missing if is_synctrack_new(k)]
-    missing = [k for k in missing if k not in new]
-    problems = [(f"{len(v)} {what}", v) for what, v in
+    new = [] if has_new else [k for k in ours if k not in mapped and is_synctrack_new(k)]
+    missing = [k for k in ours if k not in mapped and k not in new]
+    problems = [f"{len(v)} {what}: {', '.join(v[:12])}{' …' if len(v) > 12 else ''}" for what, v in
                 (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if v]
     if problems:
-        raise KeyError(f"{name}: " + "; ".join(f"{head}: {', '.join(v[:12])}{' …' if len(v) > 12 else ''}"
-                                               for head, v in problems))
+        raise KeyError(f"{name}: " + "; ".join(problems))
     model.load_state_dict(mapped, strict=False)
+    warning = (f"{name}: SyncTrack weights were trained with the official variant; this model is variant="
+               f"{model.config.variant!r} and computes a different function with them"
+               if has_new and model.config.variant != "official" else None)
     scale = state.get("scale_factor")
-    warning = None
-    if has_new and model.config.variant != "official":
-        warning = (f"{name}: SyncTrack weights were trained with the official variant; this model is "
-                   f"variant={model.config.variant!r} and computes a different function with them")
     return dict(loaded=len(mapped), source=source, new=new, ignored=ignored, warning=warning,
                 scale_factor=None if scale is None else float(scale))
 
@@ -1072,43 +975,36 @@ def save_checkpoint(path, model, **extra):
 
 
 def write_checkpoint(path, obj):
-    """torch.save atomically (temp + rename), so an interrupted save never corrupts the previous file. A failed write
-    removes its partial temp file; a full disk raises OSError(ENOSPC) naming `path`."""
+    """torch.save through PATH.tmp and a rename, so an interrupted save never corrupts the previous file; a failed
+    write removes the temp file (a full disk: OSError ENOSPC saying so)."""
     tmp = f"{path}.tmp"
     try:
-        # through a Python file: torch.save(obj, name) reports a full disk as an opaque RuntimeError
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f:  # a Python file: torch.save(obj, name) reports a full disk as a RuntimeError
             torch.save(obj, f)
             f.flush()
-            os.fsync(f.fileno())  # on disk before the rename, so a crash cannot leave a renamed, empty file
+            os.fsync(f.fileno())  # on disk before the rename: a crash cannot leave a renamed, empty file
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"disk full while writing {path} (the partial {tmp} was removed; "
-                                        f"the previous {os.path.basename(path)} is unchanged)") from err
+        if getattr(err, "errno", None) == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"disk full while writing {path}; the previous file is unchanged") from err
         raise
-
-
-def _half(state):
-    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def export_checkpoint(src, dst):
     """A small file to ship or share: the config and the EMA weights in float16 (load_model reads it)."""
     ckpt = read_checkpoint(src)
-    weights = ckpt.get("ema") or ckpt["model"]
-    out = {"config": ckpt["config"], "model": _half(weights), "step": ckpt.get("step"),
-           "scale_factor": ckpt.get("scale_factor")}
+    half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # noqa: E731
+    out = dict(config=ckpt["config"], model=half(ckpt.get("ema") or ckpt["model"]), step=ckpt.get("step"),
+               scale_factor=ckpt.get("scale_factor"))
     if "first_stage" in ckpt:  # the toy VAE: shipped with the denoiser
-        out["first_stage"] = {**ckpt["first_stage"], "vae": _half(ckpt["first_stage"]["vae"])}
+        out["first_stage"] = {**ckpt["first_stage"], "vae": half(ckpt["first_stage"]["vae"])}
     write_checkpoint(dst, out)
 
 
 def load_model(src, ema=True):
-    """Rebuild SyncTrack from one of our checkpoints (a path or its loaded dict; the config is inside), with the EMA
-    weights when present and ema=True. Returns (model in eval mode, checkpoint dict)."""
+    """(SyncTrack rebuilt from its config, in eval mode, with the EMA weights unless ema=False; the checkpoint dict)."""
     name = "checkpoint" if isinstance(src, dict) else src
     ckpt = src if isinstance(src, dict) else read_checkpoint(src)
     if "config" not in ckpt or "model" not in ckpt:
