@@ -462,7 +462,7 @@ class SampleFolder:
         """settings.json says what the folder holds now: the run's settings and how many pieces are complete."""
         written = sum(self.complete(name) for name in self.names)
         self.settings.update(n_pieces=len(self.names), n_written=written, complete=written == len(self.names),
-                             seconds=seconds, clipped_samples=dict(sorted(self.clipped.items())))
+                             run_seconds=seconds, clipped_samples=dict(sorted(self.clipped.items())))
         atomic_write(self.path / "settings.json", lambda tmp: tmp.write_text(json.dumps(self.settings, indent=2)))
         return written
 

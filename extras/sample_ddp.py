@@ -121,7 +121,7 @@ def main(argv=None):
             names, sources = songs(args, rank)
             given = on_rank0(rank, world, lambda: sample.read_given(args))
             model, stage = sample.load(args)
-            n = model.config.clip_samples
+            n = sample.piece_samples(args, model.config)
             given = {t: sample.fit(w, n, f"--given {t}") for t, w in given.items()}
             if rank == 0:  # the settings.json of sample.py, plus --given-dir and --keep
                 settings = dict(vars(args), unet_config=args.config, config=asdict(model.config))

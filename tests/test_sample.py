@@ -392,3 +392,91 @@ def test_messages_are_one_line_naming_the_flag(ckpt, tmp_path, capsys, monkeypat
     if os.path.isdir("/sys"):                                            # read-only, even for root
         refused(r"--out /sys/synctrack-out/: cannot write .*(Permission denied|not permitted)",
                 ["--ckpt", ckpt, "--out", "/sys/synctrack-out", "--n", "1", "--steps", "1"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Long-form (--seconds): windows of one clip, each continuing the one before
+
+
+def test_long_pieces_have_the_asked_length_and_depend_on_seed_and_index(ckpt, tmp_path):
+    """--seconds 1.5 with a 0.64 s model: stems of exactly 24,000 samples; piece i is the same whatever --n."""
+    run(ckpt, tmp_path / "a", "--n", "3", "--seconds", "1.5", "--batch-size", "1")
+    for folder in ["bass", "drums", "guitar", "piano", "mix"]:
+        for i in range(3):
+            wave, sr = sf.read(tmp_path / "a" / folder / f"sample_{i:04d}.wav")
+            assert sr == 16000 and wave.shape == (24000,) and np.abs(wave).max() > 0
+    run(ckpt, tmp_path / "b", "--n", "2", "--seconds", "1.5", "--batch-size", "1")
+    a, b = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
+    assert all(b[k] == a[k] for k in b if k != "settings.json")
+    assert a["stem_0/sample_0000.wav"] != a["stem_0/sample_0001.wav"]
+    settings = json.loads((tmp_path / "a" / "settings.json").read_text())
+    assert (settings["seconds"], settings["overlap"]) == (1.5, 0.75) and settings["run_seconds"] > 0
+
+
+def test_long_pieces_resume_byte_for_byte(ckpt, tmp_path):
+    """A long piece lost from the folder (as after Ctrl-C) is made again by --resume, identical to the first time."""
+    args = ["--n", "3", "--seconds", "1.2", "--batch-size", "1"]
+    run(ckpt, tmp_path / "o", *args)
+    before = snapshot(tmp_path / "o")
+    for path in data.piece_files(tmp_path / "o", "sample_0001"):
+        path.unlink()
+    run(ckpt, tmp_path / "o", *args, "--resume")
+    after = snapshot(tmp_path / "o")
+    assert {k: v for k, v in after.items() if k != "settings.json"} == \
+        {k: v for k, v in before.items() if k != "settings.json"}
+    refused("settings differ.*overlap", ["--ckpt", ckpt, "--out", str(tmp_path / "o"), "--steps", "3", *args,
+                                         "--overlap", "0.5", "--resume"])
+
+
+@pytest.mark.parametrize("overlap, hold", [(0.75, 12), (0.5, 8), (0.0, 0)])
+def test_each_window_holds_the_end_of_the_one_before(overlap, hold, ckpt, tmp_path, monkeypatch):
+    """The known overlap is reproduced: window k ≥ 1 is given the last `hold` frames of window k − 1 and returns them
+    unchanged; the decoded latent is the windows laid end to end at a hop of T − hold frames (T = 16 here)."""
+    calls, decoded = [], []
+    ddim = st.ddim_sample
+
+    def recording_ddim(model, z_start, steps, eta, known=None, known_mask=None, generator=None):
+        out = ddim(model, z_start, steps, eta, known, known_mask, generator)
+        calls.append((None if known is None else known.clone(), known_mask, out.clone()))
+        return out
+
+    monkeypatch.setattr(st, "ddim_sample", recording_ddim)
+    monkeypatch.setattr(toy.OfflineFirstStage, "decode", lambda self, z: decoded.append(z.clone()) or
+                        torch.zeros(z.shape[0], z.shape[1], z.shape[3] * 640))
+    run(ckpt, tmp_path / "o", "--n", "1", "--seconds", "2", "--overlap", str(overlap))
+    T, hop = 16, 16 - hold
+    z = decoded[0]
+    assert z.shape[3] >= 2 * 16000 / 640 and len(calls) == 1 + (z.shape[3] - T) // hop
+    for k, (known, mask, out) in enumerate(calls):
+        assert torch.equal(z[..., k * hop:k * hop + T, :], out)                   # the piece is the windows
+        if k == 0 or hold == 0:
+            assert known is None                                                   # a fresh window, nothing held
+            continue
+        previous = calls[k - 1][2]
+        assert mask.shape == (1, 4, 1, T, 1) and mask[0, :, 0, :hold].all() and not mask[0, :, 0, hold:].any()
+        assert torch.equal(known[..., :hold, :], previous[..., -hold:, :])        # given: the previous window's end
+        assert torch.equal(out[..., :hold, :], previous[..., -hold:, :])          # returned exactly as given
+
+
+def test_a_long_given_stem_is_arranged_window_by_window(ckpt, tmp_path):
+    """--given with --seconds: the whole 1.5 s stem is held in every window and written back as read."""
+    drums = (np.random.default_rng(2).standard_normal(24000) * 0.1).astype(np.float32)
+    sf.write(tmp_path / "drums.wav", drums, 16000, subtype="PCM_16")
+    run(ckpt, tmp_path / "o", "--n", "2", "--seconds", "1.5", "--given", f"drums={tmp_path / 'drums.wav'}")
+    given, _ = sf.read(tmp_path / "drums.wav", dtype="int16")
+    for name in ("sample_0000.wav", "sample_0001.wav"):
+        written, _ = sf.read(tmp_path / "o" / "drums" / name, dtype="int16")
+        assert np.array_equal(written, given)
+        assert sf.read(tmp_path / "o" / "bass" / name)[0].shape == (24000,)
+    refused(r"--overlap 1.0: must be in \[0, 1\)", ["--ckpt", ckpt, "--out", str(tmp_path / "p"), "--overlap", "1"])
+    refused(r"--seconds -1.0: must be in \(0, 3600\]", ["--ckpt", ckpt, "--out", str(tmp_path / "p"), "--seconds", "-1"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bf16 autocast is CUDA-only here)")
+def test_fp32_by_default_and_bf16_by_flag_on_cuda(ckpt, tmp_path):
+    """The official samples in float32: so does sample.py unless --bf16; the two differ (bf16 rounds the denoiser)."""
+    run(ckpt, tmp_path / "f", "--n", "1", "--device", "cuda")
+    run(ckpt, tmp_path / "f2", "--n", "1", "--device", "cuda")
+    run(ckpt, tmp_path / "b", "--n", "1", "--device", "cuda", "--bf16")
+    f, f2, b = (snapshot(tmp_path / d)["stem_0/sample_0000.wav"] for d in ("f", "f2", "b"))
+    assert f == f2 and f != b

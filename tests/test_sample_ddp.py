@@ -68,11 +68,12 @@ def test_given_dir_skips_a_song_with_a_corrupt_stem(ckpt, tmp_path, capsys):
     assert (settings["n_pieces"], settings["n_written"]) == (2, 1)
 
 
-def test_one_process_writes_what_sample_py_writes(ckpt, tmp_path):
-    """Without torchrun, extras/sample_ddp.py is sample.py: same files for the same arguments."""
+@pytest.mark.parametrize("extra", [[], ["--seconds", "1.5"]])
+def test_one_process_writes_what_sample_py_writes(extra, ckpt, tmp_path):
+    """Without torchrun, extras/sample_ddp.py is sample.py: same files for the same arguments (long pieces too)."""
     import sample
-    sample.main(["--ckpt", ckpt, "--out", str(tmp_path / "a"), "--steps", "3", "--batch-size", "2", "--n", "3"])
-    run(ckpt, tmp_path / "b", "--n", "3")
+    sample.main(["--ckpt", ckpt, "--out", str(tmp_path / "a"), "--steps", "3", "--batch-size", "2", "--n", "3", *extra])
+    run(ckpt, tmp_path / "b", "--n", "3", *extra)
     files = lambda folder: {k: v for k, v in snapshot(folder).items() if k != "settings.json"}
     assert files(tmp_path / "a") == files(tmp_path / "b")
 
