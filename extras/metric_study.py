@@ -57,7 +57,7 @@ def _cache_file(cache, path, start, stop, rate=None):
     entry), size, mtime and span, so a changed file is never served stale. fps and tl are not in the key: the entry
     holds the RNN's activations, the DBN runs after."""
     info = os.stat(path)
-    key = f"activations-v1|{os.path.realpath(path)}|{info.st_size}|{info.st_mtime_ns}|{start}|{stop}"
+    key = f"activations-v2|{os.path.realpath(path)}|{info.st_size}|{info.st_mtime_ns}|{start}|{stop}"
     key += f"|{rate}" if rate else ""  # read at another rate: other activations
     return Path(cache) / (hashlib.sha1(key.encode()).hexdigest() + ".npz")
 
@@ -72,7 +72,7 @@ def _read_activations(path, start, stop, cache, rate=None):
                 return {"act": z["act"], **{k: z[k].item() for k in ("duration", "silent", "peak")}}
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry (e.g. the disk filled up while it was written): computed again, rewritten
-    wave, sr = read_audio(path, sr=rate, start=start, stop=stop)  # then madmom's resampling, to 44.1 kHz
+    wave, sr = read_audio(path, sr=rate, start=start, stop=stop, channels="all")  # metrics: FFmpeg's 44.1 kHz
     act = metrics.activations(wave, sr)
     got = {"act": np.zeros((0, 2), np.float32) if act is None else act, "duration": len(wave) / sr,
            "silent": act is None, "peak": float(np.abs(wave).max())}
