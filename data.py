@@ -1,8 +1,7 @@
 """Data for SyncTrack: four aligned tracks (bass, drums, guitar, piano) of 16 kHz audio, cut into clips.
 
-Data loading is its own file because it needs nothing of the model but its track order and sample rate: train.py,
-sample.py, metrics.py, report.py and the tests share it (audio files, folder layouts, atomic writes), and someone who
-only wants Slakh2100 clips can use it without models or checkpoints.
+Its own file because it needs nothing of the model but its track order and sample rate: train.py, sample.py,
+metrics.py, report.py and the tests share it, and someone who only wants Slakh2100 clips can use it alone.
 
 Map of the file:
   read_audio      the one reader: any sound file -> float32 at 16 kHz or its own rate (soundfile + resample_poly)
@@ -12,14 +11,16 @@ Map of the file:
   check_outputs   no output path is an input, inside one, or a folder holding one
   OutputLock      one writer per output folder at a time (released by the kernel when a run dies)
   output_folder   a result folder is new, empty, or replaced whole (--overwrite); finish_output swaps it in
+  RunFolder       the folder of one training run (train.py): refusals, --overwrite staging, the log on resume
   write_piece     one piece in the official layout: stem_0..stem_3, named links, mix (sample.py, `python data.py`)
   SlakhDataset    clips of Slakh2100 in either layout, decoded once into a cache and memory-mapped (§5.1, App. A)
   ClipSampler     shuffle + shard + epoch-dependent random offsets, resumable mid-epoch
   make_loader     the DataLoader train.py uses
 
-Notation: S tracks (4, in TRACKS order), N samples of a song, c samples of a clip.
-Every item is a float32 tensor (S, c). Silence is data: an absent instrument is an all-zero track, as in the official code.
+Notation: S tracks (4, in TRACKS order), N samples of a song, c samples of a clip. Every item is a float32 tensor
+(S, c). Silence is data: an absent instrument is an all-zero track, as in the official code.
 """
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -47,14 +48,11 @@ SLAKH_CLASSES = ("Bass", "Drums", "Guitar", "Piano")  # Slakh metadata `inst_cla
 # ----------------------------------------------------------------------------------------------------------------------
 # Audio files
 
-
 def read_audio(path, sr=SAMPLE_RATE, start=0, stop=None, channels="mean"):
     """(samples, rate) of frames [start, stop) of a sound file (default: all), as float32.
-
     sr: the rate to convert to with resample_poly (default 16 kHz, the model's); None keeps the file's own rate.
     channels: "mean" averages them into (N,), "first" keeps channel 0 as (N,), "all" keeps (N, channels).
-    Raises ValueError naming the file when it cannot be decoded, is empty or holds NaN/inf samples.
-    """
+    Raises ValueError naming the file when it cannot be decoded, is empty or holds NaN/inf samples."""
     try:
         x, file_sr = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)  # (N, channels)
     except RuntimeError as e:  # soundfile's LibsndfileError: unreadable, missing or not audio
@@ -113,13 +111,10 @@ def _check_tracks(tracks):
 
 
 def layout_of(root, tracks=None):
-    """(layout, tracks, folders) of `root`: which layout find_samples reads and the track names it reports.
-
-    stem_i: stem_0..stem_{S-1}, S from --tracks or from the highest stem_i folder; the tracks are named by
-    --tracks, else bass, drums, guitar, piano when S = 4 (the official order), else stem_0..stem_{S-1}.
-    named / per-song: the names of --tracks, default bass, drums, guitar, piano. folders: one per track for the
-    folder layouts, None for per-song.
-    """
+    """(layout, tracks, folders) of `root`: which layout find_samples reads and the track names it reports. stem_i:
+    stem_0..stem_{S-1}, S from --tracks or from the highest stem_i folder; the tracks are named by --tracks, else
+    bass, drums, guitar, piano when S = 4 (the official order), else stem_0..stem_{S-1}. named / per-song: the names
+    of --tracks, default bass, drums, guitar, piano. folders: one per track (folder layouts), None for per-song."""
     root = pathlib.Path(root)
     why = _unreadable(root) or (None if root.is_dir() else "not a directory")
     if why:
@@ -241,14 +236,10 @@ def cut(samples, tracks, seconds=None):
 # ----------------------------------------------------------------------------------------------------------------------
 # Writing results: atomic files, whole output folders, and the four-track layout of sample.py and `python data.py`
 
-
 def atomic_write(path, write):
-    """Create the file `path` by calling write(tmp) on a temporary name in the same folder, then renaming it to `path`.
-
-    The rename (os.replace) is atomic and replaces a symbolic link at `path` itself, never the file it points to. On any
-    failure the temporary file is removed and OSError("cannot write PATH: why") is raised: a reader (or a killed run)
-    never finds half a file under the final name.
-    """
+    """Create the file `path` by calling write(tmp) on a temporary name in the same folder, then renaming it to `path`:
+    atomic (os.replace), and a symbolic link at `path` is replaced itself, never the file it points to. On any failure
+    the temporary file is removed and OSError("cannot write PATH: why") is raised: nobody finds half a file."""
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # pid: parallel ranks never share a temporary file
     try:
@@ -319,18 +310,17 @@ class OutputLock:
 def output_folder(out, overwrite=False):
     """The folder to write a new result folder `out` into; finish_output(folder, out) completes it.
 
-    `out` itself when it is absent or empty. An existing non-empty `out` is refused (FileExistsError) unless overwrite:
-    then the result is written to a fresh `OUT.partial` beside it and swapped in whole by finish_output, so the old
-    folder is only removed once the new one is complete, and the two are never mixed. When `out` is a symbolic link,
-    the folder it points to is the result (the link stays, and points to the new folder).
-    """
+    `out` itself when it is absent or empty. A non-empty `out` is refused (FileExistsError) unless overwrite: then the
+    result goes to a fresh `OUT.partial`, swapped in whole by finish_output, so the old folder is only removed once the
+    new one is complete. When `out` is a symbolic link, the folder it points to is the result (the link stays)."""
     out = _target(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return out
     if not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it, or choose another folder")
+        raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it, or choose another "
+                              f"folder")
     staging = out.with_name(out.name + ".partial")
     if staging.exists():
         raise FileExistsError(f"{staging} exists (left by an interrupted --overwrite?): remove it first")
@@ -354,6 +344,80 @@ def _target(out):
     return pathlib.Path(os.path.realpath(out)) if out.is_symlink() else out
 
 
+class RunFolder:
+    """The folder --out of one training run (train.py), locked for the whole run (OutputLock); refusals are OSError.
+
+        with RunFolder(out, overwrite, resume) as folder:  # folder.path: where the files go
+            log = folder.log(step)                         # log.jsonl, holding the records up to `step`
+            ...                                            # write folder.path/ckpt.pt, then folder.saved()
+
+    A folder holding a run (ckpt.pt) is refused unless resume or overwrite; one without (what a run stopped in its
+    setup leaves) is reused. overwrite writes into OUT.partial, swapped in by the first checkpoint (finish_output);
+    until then `replacing` is true, and leaving the block removes OUT.partial: `out` keeps its old run unchanged.
+    """
+
+    def __init__(self, out, overwrite=False, resume=False):
+        self.out, self.overwrite, self.resume = out, overwrite, resume
+        self.lock, self.path, self.replacing = OutputLock(os.path.realpath(out)), out, False
+
+    def __enter__(self):
+        try:
+            self.lock.__enter__()
+        except BlockingIOError as err:
+            raise BlockingIOError(f"--out {err}") from None
+        except OSError as err:
+            raise OSError(f"--out {self.out}: cannot write there ({err.strerror}); choose another --out") from None
+        try:
+            self._plan()
+        except BaseException:
+            self.lock.__exit__()
+            raise
+        return self
+
+    def _plan(self):
+        held = sorted(os.listdir(self.out)) if os.path.isdir(self.out) else []
+        if "ckpt.pt" in held and not self.resume:
+            if not self.overwrite:
+                more = " …" if len(held) > 4 else ""
+                raise FileExistsError(f"--out {self.out} already holds {', '.join(held[:4])}{more}: continue it with "
+                                      f"--resume {self.out}, choose another --out, or pass --overwrite to replace its "
+                                      f"run")
+            self.path, self.replacing = os.path.realpath(self.out) + ".partial", True
+            shutil.rmtree(self.path, ignore_errors=True)  # left by a run that died before its first checkpoint
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"--out {self.out}: cannot create it ({err.strerror}); choose another --out") from None
+        if not os.access(self.path, os.W_OK):
+            raise PermissionError(f"--out {self.out}: not writable; choose another --out")
+
+    def log(self, step):
+        """log.jsonl, open for appending, with the records up to `step` only: a resumed run writes the later ones
+        again. A line cut off by a kill is dropped too."""
+        path, kept = pathlib.Path(self.path, "log.jsonl"), []
+        if step and path.exists():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line + "\n")
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+        return open(path, "a")
+
+    def saved(self):
+        """After each checkpoint: the first one of an --overwrite run swaps the new run in for the old one."""
+        if self.replacing:
+            finish_output(self.path, os.path.realpath(self.out))
+            self.path, self.replacing = self.out, False
+
+    def __exit__(self, *exc):
+        try:
+            if self.replacing:  # no checkpoint of the new run yet: the old run stays, unchanged
+                shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self.lock.__exit__()
+        return False
+
+
 LAYOUT_FOLDERS = (*(f"stem_{s}" for s in range(len(TRACKS))), *TRACKS, "mix")
 
 
@@ -363,13 +427,10 @@ def piece_files(out, name):
 
 
 def write_piece(out, name, waves, sr=SAMPLE_RATE):
-    """Write one piece, waves (S, N) float, in the official layout that metrics.py and FAD tools read:
-
-    out/stem_s/NAME.wav for every track s, out/<track>/NAME.wav as a relative symbolic link to it (a copy where links
-    are unavailable), out/mix/NAME.wav the sum, as the official code writes it. 16-bit PCM, clipped to [-1, 1] (16-bit
-    files would wrap around otherwise). Every file is written atomically, the mix last. Returns how many samples were
-    clipped, stems and mix together.
-    """
+    """Write one piece, waves (S, N) float, in the official layout (metrics.py and FAD tools read it): out/stem_s/
+    NAME.wav for every track s, out/<track>/NAME.wav a relative symbolic link to it (a copy where links are not
+    available), out/mix/NAME.wav the sum. 16-bit PCM, clipped to [-1, 1] (it would wrap around otherwise); every file
+    atomic, the mix last. Returns how many samples were clipped, stems and mix together."""
     for folder in LAYOUT_FOLDERS:
         pathlib.Path(out, folder).mkdir(parents=True, exist_ok=True)
     files = piece_files(out, name)
@@ -395,12 +456,11 @@ class SampleFolder:
             folder.finish(seconds)             # settings.json final; an --overwrite folder swapped in whole
         # after an exception inside the block, folder.kept says in words what `out` holds now
 
-    Planning happens under the lock (OutputLock), so two runs never both find `out` empty. `out` absent or empty: a new
-    folder. Non-empty: refused unless overwrite (written beside it, swapped in by finish: see output_folder) or resume
-    (its settings.json must equal `settings` on the keys `match`; only the incomplete pieces are made again). Input
-    files given by keyword are recorded by content (ckpt=PATH: "ckpt_sha256", which `match` may name). On an
-    exception a replacement folder is removed (the old `out` stays as it was); otherwise settings.json is rewritten to
-    count the complete pieces. Refusals are OSError or ValueError, one line.
+    Planning happens under the lock (OutputLock), so two runs never both find `out` empty. A non-empty `out` is
+    refused unless overwrite (see output_folder) or resume (its settings.json must equal `settings` on the keys
+    `match`; only the incomplete pieces are made again). Input files given by keyword are recorded by content
+    (ckpt=PATH: "ckpt_sha256", which `match` may name). On an exception a replacement folder is removed (`out` stays
+    as it was), else settings.json is rewritten to count the complete pieces. Refusals are OSError or ValueError.
     """
 
     def __init__(self, out, names, settings, match=(), overwrite=False, resume=False, **inputs):
@@ -516,12 +576,10 @@ def plural(n, word):
 # ----------------------------------------------------------------------------------------------------------------------
 # Datasets: songs of shape (S, N) cut into clips of c samples
 
-
 class Clips(torch.utils.data.Dataset):
     """Clips of `clip_samples` from songs (S, N): validation uses a fixed grid, training a random offset per draw.
-
-    Training items are looked up by key = epoch·len + i (see ClipSampler): the offset is a function of (seed, key) only,
-    so it changes every epoch, is the same with any number of workers, and is reproduced exactly after a resume.
+    Training items are looked up by key = epoch·len + i (see ClipSampler): the offset is a function of (seed, key)
+    only, so it changes every epoch, is the same with any number of workers, and is reproduced exactly after a resume.
     """
 
     def _index(self, lengths):
@@ -595,11 +653,11 @@ class SlakhDataset(Clips):
         stems/SXX.wav, Track folders directly in the root) is this layout with split='.'.
 
     `split` is one split or a list (the official config trains on ['train', 'validation'] and validates on 'test');
-    `omitted/` is never read. Every song is decoded once, resampled to 16 kHz and cached as float32 (S, N) in
-    `cache_dir` (default ~/.cache/synctrack/slakh/<hash of root>), never next to the audio: the samples the official
-    code reads from the audio files. Items are read by memory-mapping the cache. A changed source file invalidates its song's cache
-    entry. Stems of unequal length are zero-padded to the longest. `self.report` says how many songs and clips were
-    kept, why any song was dropped, and which tracks are silent (no file, no rendered stem, or a file of zeros).
+    `omitted/` is never read. Every song is decoded once, resampled to 16 kHz and cached as float32 (S, N), what the
+    official code reads, in `cache_dir` (default ~/.cache/synctrack/slakh/<hash of root>, never next to the audio),
+    then memory-mapped; a changed source file invalidates its song's entry. Stems of unequal length are zero-padded to
+    the longest. `self.report` says how many songs and clips were kept, why any song was dropped, and which tracks are
+    silent (no file, no rendered stem, or a file of zeros).
     """
 
     def __init__(self, root, split, clip_samples, cache_dir=None, train=True, seed=0):
@@ -615,7 +673,8 @@ class SlakhDataset(Clips):
         self.paths, lengths, dropped, notes, songs = [], [], [], [], 0
         for name in splits:
             if not (root / name).is_dir():
-                raise FileNotFoundError(f"no split folder {root / name} (expected root/{{train,validation,test}}/Track*)")
+                raise FileNotFoundError(f"no split folder {root / name} (expected "
+                                        f"root/{{train,validation,test}}/Track*)")
             folders = sorted(p for p in (root / name).iterdir() if p.is_dir())
             for song in tqdm(folders, f"Slakh {name}", unit="song", leave=False, disable=None):  # bar only on a TTY
                 songs += 1
@@ -695,13 +754,12 @@ def _save_npy(path, array):
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
 
-
 class ClipSampler(torch.utils.data.Sampler):
     """Clip indices for one rank: shuffled per epoch for training, in order for validation.
 
-    Shards like DistributedSampler (every rank gets ceil(len/ranks) items, padded by wrapping around), and adds two things
-    it lacks: training keys epoch·len + i, so each epoch draws new random clip offsets even in persistent workers, and
-    `skip` to resume in the middle of an epoch. Call set_epoch(epoch, skip) before iterating.
+    Shards like DistributedSampler (every rank gets ceil(len/ranks) items, padded by wrapping around), and adds two
+    things it lacks: training keys epoch·len + i, so each epoch draws new random clip offsets even in persistent
+    workers, and `skip` to resume in the middle of an epoch. Call set_epoch(epoch, skip) before iterating.
     """
 
     def __init__(self, n, train, seed=0, rank=0, ranks=1):
@@ -726,11 +784,8 @@ class ClipSampler(torch.utils.data.Sampler):
 
 
 def make_loader(dataset, batch_size, train, workers=2, distributed=False, seed=0):
-    """A DataLoader of (B, S, c) batches over a ToyDataset or SlakhDataset, sharded across ranks when distributed.
-
-    Defaults suit 2 CPU cores: 2 persistent workers (no re-fork per epoch), clips from memory or memory-mapped caches.
-    Use loader.sampler.set_epoch(epoch) every epoch.
-    """
+    """A DataLoader of (B, S, c) batches over a ToyDataset or SlakhDataset, sharded across ranks when distributed;
+    call loader.sampler.set_epoch(epoch) every epoch. 2 persistent workers (no re-fork per epoch) suit 2 CPU cores."""
     rank, ranks = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     sampler = ClipSampler(len(dataset), train, seed, rank, ranks)
     return torch.utils.data.DataLoader(
@@ -743,29 +798,3 @@ def make_loader(dataset, batch_size, train, workers=2, distributed=False, seed=0
 def _ignore_interrupt(worker_id):
     """Ctrl-C reaches every process of the terminal: workers go on serving, and train.py stops after its step."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-class EncodedClips(torch.utils.data.Dataset):
-    """Clips of a ToyDataset or SlakhDataset, kept as their first-stage posterior: item (2, S, C, T, F) =
-    [mean, std] of the scaled latent, so a training step draws z = mean + std·ε (what stage.encode(sample=True) draws)
-    without running the encoder again. For a learned first stage on a CPU, where the encoder costs more than a toy
-    denoiser step. The clips are fixed: in every song, one starts every `hop` samples (default: the clip length, the
-    validation grid; train.py trains on half a clip, so neighbouring clips overlap by half). Keys wrap as in Clips."""
-
-    def __init__(self, dataset, stage, batch_size=32, device="cpu", hop=None):
-        c, hop = dataset.clip_samples, hop or dataset.clip_samples
-        self.clips = [(k, o) for k, n in enumerate(dataset.lengths) for o in range(0, n - c + 1, hop)]  # (song, start)
-        posteriors = []
-        for i in tqdm(range(0, len(self.clips), batch_size), "encoding clips", leave=False, disable=None):
-            wave = torch.from_numpy(np.stack([np.asarray(dataset.song(k)[:, o:o + c], np.float32)
-                                              for k, o in self.clips[i:i + batch_size]]))  # (b, S, c)
-            posteriors.append(torch.stack(stage.posterior(wave.to(device)), 1).cpu())  # (b, 2, S, C, T, F)
-        self.posteriors = torch.cat(posteriors)
-        self.report = dataset.report
-
-    def __len__(self):
-        return len(self.posteriors)
-
-    def __getitem__(self, key):
-        return self.posteriors[key % len(self.posteriors)]
-

@@ -10,11 +10,13 @@ what stands in for that pipeline, at toy scale:
                       (first_stage_state), so the shipped checkpoints/synctrack_toy.pt is one file
   offline stage ..... OfflineFirstStage: no weights at all, the normalised log-mel itself as the latent (tests)
   make_first_stage .. every first stage by name or file: "offline", one of our checkpoints (the toy VAE), or
-                      MusicLDM's weights (synctrack.load_first_stage)
+                      MusicLDM's weights (synctrack.load_first_stage); build_first_stage fits a config to it
+  EncodedClips ...... clips kept as their posterior under a learned first stage, encoded once (train.py on a CPU)
 
     python toy.py gt/ --n 64 --seed 7      # toy ground-truth clips in sample.py's layout, for metrics.py
 """
 import argparse
+import dataclasses
 import math
 import pathlib
 import shutil
@@ -29,7 +31,7 @@ import data
 import synctrack as st
 from synctrack import MEL_BINS, MEL_HOP, SAMPLE_RATE, TRACKS
 
-# ---- Toy songs: drums, bass, guitar-like plucks and piano-like chords over one tempo and meter ------------------------
+# ---- Toy songs: drums, bass, guitar-like plucks and piano-like chords over one tempo and meter -----------------------
 
 
 def _tempo(rng):
@@ -58,8 +60,9 @@ def _tone(midi, seconds, decay, bright, sr):
 def toy_song(seed, seconds, sr=SAMPLE_RATE):
     """A random 4-track song, float32 (S, N), deterministic by seed.
 
-    One tempo (105-145 BPM), meter (3/4 or 4/4), key and 4-bar chord loop per song. Every pitched track strikes every beat
-    (plus random off-beats) and the drums play kick/snare/hat patterns, so a beat tracker finds the beat in each track alone.
+    One tempo (105-145 BPM), meter (3/4 or 4/4), key and 4-bar chord loop per song. Every pitched track strikes every
+    beat (plus random off-beats) and the drums play kick/snare/hat patterns, so a beat tracker finds the beat in each
+    track alone.
     """
     rng = np.random.default_rng(seed)
     bpm, meter = _tempo(rng)
@@ -85,8 +88,8 @@ def toy_song(seed, seconds, sr=SAMPLE_RATE):
             m = min(len(wave), n - i)
             out[s, i:i + m] += gain * wave[:m]
 
-    # Per-song patterns on a 16th-note grid (4 steps per beat): which off-beat eighths also get a hit. They stay sparse and
-    # soft: denser or louder off-beats make madmom lock onto eighth notes (double tempo) in the slower songs.
+    # Per-song patterns on a 16th-note grid (4 steps per beat): which off-beat eighths also get a hit. They stay sparse
+    # and soft: denser or louder off-beats make madmom lock onto eighth notes (double tempo) in the slower songs.
     steps = 4 * meter
     extra_kick, extra_hat, extra_bass = rng.random(steps) < 0.1, rng.random(steps) < 0.35, rng.random(steps) < 0.3
     extra_guitar, extra_piano = rng.random(steps) < 0.35, rng.random(steps) < 0.2
@@ -148,7 +151,8 @@ class ToyDataset(data.Clips):
 
 # The toy first stage: MusicLDM's VAE design, but the log-mel is first folded 4×4 into 16
 # channels (pixel-unshuffle, as the offline stage), so its convolutions run at 1/16 of the positions: 8× down in T and
-# F, latent 8 × 32 × 8 per 2.56 s track. Trained by `train.py --stage vae`, decoded by GriffinLim (no vocoder to train).
+# F, latent 8 × 32 × 8 per 2.56 s track. Trained by `train.py --stage vae`, decoded by GriffinLim (no vocoder to
+# train).
 TOY_VAE_DDCONFIG = dict(double_z=True, z_channels=8, in_channels=16, out_ch=16, ch=64, ch_mult=[1, 2],
                         num_res_blocks=1, attn_resolutions=[], fold=4)
 TOY_VAE_EMBED_DIM = 8
@@ -279,6 +283,58 @@ def make_first_stage(spec, trust=False):
             return toy_vae_stage(checkpoint["first_stage"], path)
         return st.MusicLDMFirstStage(*st.load_first_stage(checkpoint, name=path))
     return st.MusicLDMFirstStage(*st.load_first_stage(path, trust))
+
+
+TOY_FIRST_STAGE = pathlib.Path(__file__).resolve().parent / "checkpoints" / "synctrack_toy.pt"  # its toy VAE inside
+
+
+def build_first_stage(cfg, spec=None, trust=False):
+    """The frozen first stage of a SyncTrackConfig and the config with its latent grid (C, T, F) fitted to it. spec:
+    what make_first_stage reads; None: the config's own, "offline" or the shipped toy VAE (TOY_FIRST_STAGE). MusicLDM
+    latents have no default: ValueError."""
+    spec = spec or {"offline": "offline", "toy-vae": TOY_FIRST_STAGE}.get(cfg.first_stage)
+    if spec is None:
+        raise ValueError(f"{cfg.first_stage} latents need the first stage's weights")
+    stage = make_first_stage(spec, trust)
+    C, T, F = stage.latent_shape(cfg.clip_samples)
+    return stage, dataclasses.replace(cfg, first_stage=stage.kind, latent_channels=C,
+                                      latent_downsampling=MEL_BINS // F, latent_time=T, latent_freq=F)
+
+
+# ---- Clips encoded once: a learned first stage costs more than a toy denoiser step on a CPU -------------------------
+
+class EncodedClips(torch.utils.data.Dataset):
+    """Clips of a ToyDataset or SlakhDataset, kept as their first-stage posterior: item (2, S, C, T, F) =
+    [mean, std] of the scaled latent, so a training step draws z = mean + std·ε (what stage.encode(sample=True) draws)
+    without running the encoder again. For a learned first stage on a CPU, where the encoder costs more than a toy
+    denoiser step. The clips are fixed: in every song, one starts every `hop` samples (default: the clip length, the
+    validation grid; train.py trains on half a clip: neighbouring clips overlap by half). Keys wrap as in data.Clips."""
+
+    def __init__(self, dataset, stage, batch_size=32, device="cpu", hop=None):
+        c, hop = dataset.clip_samples, hop or dataset.clip_samples
+        self.clips = [(k, o) for k, n in enumerate(dataset.lengths) for o in range(0, n - c + 1, hop)]  # (song, start)
+        posteriors = []
+        for i in tqdm(range(0, len(self.clips), batch_size), "encoding clips", leave=False, disable=None):
+            wave = torch.from_numpy(np.stack([np.asarray(dataset.song(k)[:, o:o + c], np.float32)
+                                              for k, o in self.clips[i:i + batch_size]]))  # (b, S, c)
+            posteriors.append(torch.stack(stage.posterior(wave.to(device)), 1).cpu())  # (b, 2, S, C, T, F)
+        self.posteriors = torch.cat(posteriors)
+        self.report = dataset.report
+
+    def __len__(self):
+        return len(self.posteriors)
+
+    def __getitem__(self, key):
+        return self.posteriors[key % len(self.posteriors)]
+
+
+def latents(stage, batch, sample=True):
+    """Eq. (1) for a batch of waveforms (B, S, N), or for cached posteriors (B, 2, S, C, T, F) from EncodedClips:
+    z = mean + std·ε when sampling (the official training target), the mean otherwise."""
+    if batch.dim() == 3:
+        return stage.encode(batch, sample=sample)
+    mean, std = batch.unbind(1)                                          # (B, 2, S, C, T, F) -> 2 × (B, S, C, T, F)
+    return mean + std * torch.randn_like(std) if sample else mean
 
 
 # ---- Training the toy VAE (train.py --stage vae, toy songs or Slakh): LDM's autoencoder objective, no GAN ------

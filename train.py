@@ -7,11 +7,9 @@
     python train.py --stage vae --data slakh/            # the toy first stage, on toy songs or your own audio
     python train.py --preset toy --data slakh/ --first-stage runs/toy-vae/ckpt.pt   # then the toy model on it
 
-One step: batch of waveforms (B, S, N) → frozen first stage → latents z (B, S, C, T, F) → ε-loss of Eq. (2) →
-backward → health check → AdamW → EMA. A learned toy first stage encodes every clip once (data.EncodedClips).
-Checkpoints hold config, weights, EMA, optimiser, step, RNG states and the data position. One run per --out at a time;
-a folder holding a run is refused unless --resume or --overwrite, and --overwrite keeps the old run until the new one
-has written its first checkpoint. Ctrl-C writes a checkpoint at the step reached and says how to resume.
+One step: waveforms (B, S, N) → frozen first stage → latents z (B, S, C, T, F) → ε-loss of Eq. (2) → backward →
+health check → AdamW → EMA. Checkpoints hold config, weights, EMA, optimiser, step, RNG states and data position;
+--out holds one run at a time (data.RunFolder). Ctrl-C writes a checkpoint at the step reached.
 """
 import argparse
 import contextlib
@@ -21,10 +19,8 @@ import itertools
 import json
 import math
 import os
-import shutil
 import signal
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -48,18 +44,12 @@ DEFAULTS = {  # paper: §5.1 and the official config (AdamW lr 3e-5, linear warm
 COMMON = dict(data="toy", weight_decay=0.01,  # official: torch AdamW's default
               accum=1, log_every=50, val_batches=8, spike=10.0, kl_weight=1e-4, seed=0, train_split="train",
               val_split="validation")
-TOY_FIRST_STAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "synctrack_toy.pt")
 RESUME_FLAGS = ("resume", "steps", "device", "threads", "workers", "export", "overwrite")  # what a resume may change
 RUN_FILES = ("ckpt.pt", "log.jsonl", "data_report.json")  # what a run writes in --out
-BOUNDS = dict(  # flag -> (test, what it must be), checked before anything is loaded
-    steps=(lambda v: v >= 0, "≥ 0"), batch_size=(lambda v: v >= 1, "≥ 1"), accum=(lambda v: v >= 1, "≥ 1"),
-    val_every=(lambda v: v >= 1, "≥ 1"), ckpt_every=(lambda v: v >= 1, "≥ 1"), log_every=(lambda v: v >= 1, "≥ 1"),
-    val_batches=(lambda v: v >= 1, "≥ 1"), toy_songs=(lambda v: v >= 1, "≥ 1"), threads=(lambda v: v >= 1, "≥ 1"),
-    workers=(lambda v: v >= 0, "≥ 0"), warmup=(lambda v: v >= 0, "≥ 0"), seed=(lambda v: v >= 0, "≥ 0"),
-    lr=(lambda v: 0 < v < math.inf, "a finite number > 0"), weight_decay=(lambda v: 0 <= v < math.inf, "finite, ≥ 0"),
-    ema=(lambda v: 0 <= v <= 1, "in [0, 1]"), kl_weight=(lambda v: 0 <= v < math.inf, "finite, ≥ 0"),
-    spike=(lambda v: 0 <= v < math.inf, "finite, ≥ 0 (0: off)"),
-)
+RULES = {  # what a number given to a flag must be, checked as it is parsed (before anything loads)
+    "≥ 0": lambda v: v >= 0, "≥ 1": lambda v: v >= 1, "in [0, 1]": lambda v: 0 <= v <= 1,
+    "a finite number > 0": lambda v: 0 < v < math.inf, "finite, ≥ 0": lambda v: 0 <= v < math.inf,
+}
 SPIKE_PATIENCE = 3  # one batch of Eq. 2 can spike (clips drawn at l ≈ 0), divergence persists: 3 in a row stop
 
 
@@ -74,52 +64,51 @@ def parse_args(argv=None):
                                 epilog="Defaults per preset:\n" + "\n".join(f"  {name}: " + ", ".join(
                                     f"{k}={v}" for k, v in r.items()) for name, r in DEFAULTS.items()))
 
-    def add(flag, help, **kw):  # the default shown is the one this run uses; None here tells a given flag apart
+    def add(flag, help, kind=None, want=None, **kw):  # the default shown is this run's; None tells a given flag apart
         key = flag[2:].replace("-", "_")
-        p.add_argument(flag, help=help + (f" (default: {row[key]})" if key in row else ""), **kw)
+        p.add_argument(flag, help=help + (f" (default: {row[key]})" if key in row else ""),
+                       **(dict(type=number(flag, kind, want)) if kind else {}), **kw)
     add("--stage", "the SyncTrack denoiser (Eq. 2) or the toy first stage (the VAE of Eqs. 1 and 3)",
         choices=["denoiser", "vae"])
-    add("--data", "'toy' (procedural songs, the default) or a Slakh2100 folder (either layout)")
+    add("--data", "'toy' (procedural songs) or a Slakh2100 folder (either layout)")
     add("--preset", f"model and clip size (this run: {preset}; toy with --data toy or --stage vae, else paper)",
         choices=sorted(st.PRESETS))
-    add("--out", "run folder for ckpt.pt, log.jsonl, data_report.json (default: runs/PRESET[-vae])")
-    add("--overwrite", "replace the run in --out (once the new one has a checkpoint) and an existing --export",
-        action="store_true")
-    add("--resume", "continue the run in this folder; only --steps, --device, --threads, --workers, --export may "
-        "change", metavar="RUN")
-    add("--init", "start from these weights with a fresh optimiser: a MusicLDM or SyncTrack Lightning checkpoint, or "
-        "one of ours (a run's ckpt.pt or an --export file) of the same model", metavar="CKPT")
-    add("--first-stage", "MusicLDM weights, a toy VAE (a --stage vae run's ckpt.pt; toy default: "
+    add("--out", "run folder: ckpt.pt, log.jsonl, data_report.json (default: runs/PRESET[-vae])")
+    add("--overwrite", "replace the run in --out (once the new one has a checkpoint) and --export", action="store_true")
+    add("--resume", "continue the run in this folder (only --steps, --device, --threads, --workers, --export may "
+        "change)", metavar="RUN")
+    add("--init", "start from these weights, fresh optimiser: MusicLDM or SyncTrack (Lightning), or a ckpt.pt or "
+        "--export file of ours", metavar="CKPT")
+    add("--first-stage", "MusicLDM weights, a toy VAE (a --stage vae ckpt.pt; toy default: "
         "checkpoints/synctrack_toy.pt), or 'offline' (no weights)", metavar="PATH")
     add("--trust", "allow pickled checkpoints (Lightning) to be unpickled", action="store_true")
-    add("--steps", "optimiser steps in total (0: save the untrained model)", type=int)
-    add("--batch-size", "clips per micro-batch (per process under DDP)", type=int)
-    add("--accum", "micro-batches per optimiser step (gradient accumulation)", type=int)
-    add("--lr", "AdamW learning rate after the warm-up", type=float)
-    add("--weight-decay", "AdamW weight decay", type=float)
-    add("--warmup", "steps of linear warm-up: lr · step / warmup, the first update at 0 (official)", type=int)
-    add("--ema", "EMA decay of the weights that are sampled from", type=float)
-    add("--kl-weight", "--stage vae: weight of the KL term (per latent value)", type=float)
-    add("--val-every", "steps between validations (EMA model, fixed clips and noise)", type=int)
-    add("--val-batches", "batches per validation", type=int)
-    add("--ckpt-every", "steps between checkpoints (the last step and a Ctrl-C are always saved)", type=int)
-    add("--log-every", "steps between log.jsonl records", type=int)
-    add("--spike", f"skip a batch whose loss exceeds this × its running mean; {SPIKE_PATIENCE} in a row stop the run "
-        "(0: off)", type=float)
-    add("--toy-songs", "songs in the toy training set", type=int)
+    add("--steps", "optimiser steps in total (0: save the untrained model)", int, "≥ 0")
+    add("--batch-size", "clips per micro-batch (per process under DDP)", int, "≥ 1")
+    add("--accum", "micro-batches per optimiser step (gradient accumulation)", int, "≥ 1")
+    add("--lr", "AdamW learning rate after the warm-up", float, "a finite number > 0")
+    add("--weight-decay", "AdamW weight decay", float, "finite, ≥ 0")
+    add("--warmup", "steps of linear warm-up: lr · step / warmup, the first update at 0 (official)", int, "≥ 0")
+    add("--ema", "EMA decay of the weights that are sampled from", float, "in [0, 1]")
+    add("--kl-weight", "--stage vae: weight of the KL term (per latent value)", float, "finite, ≥ 0")
+    add("--val-every", "steps between validations (EMA model, fixed clips and noise)", int, "≥ 1")
+    add("--val-batches", "batches per validation", int, "≥ 1")
+    add("--ckpt-every", "steps between checkpoints (the last step and a Ctrl-C are always saved)", int, "≥ 1")
+    add("--log-every", "steps between log.jsonl records", int, "≥ 1")
+    add("--spike", f"skip a batch whose loss exceeds this × its running mean, {SPIKE_PATIENCE} in a row stop (0: off)",
+        float, "finite, ≥ 0")
+    add("--toy-songs", "songs in the toy training set", int, "≥ 1")
     add("--train-split", "Slakh split folder(s), comma-separated ('.' for BabySlakh)")
     add("--val-split", "Slakh validation split ('.' for BabySlakh; official: test)")
-    add("--workers", "data loader processes (default: 0 for toy, 2 for Slakh)", type=int)
-    add("--seed", "seed of the weights, the noise and the data order", type=int)
+    add("--workers", "data loader processes (default: 0 for toy, 2 for Slakh)", int, "≥ 0")
+    add("--seed", "seed of the weights, the noise and the data order", int, "≥ 0")
     add("--device", "torch device (default: cuda when available, else cpu)")
     add("--precision", "autocast dtype (default: bf16 on CUDA, fp32 on CPU)", choices=["bf16", "fp32"])
     add("--compile", "torch.compile the denoiser", action="store_true")
-    add("--threads", "torch CPU threads", type=int)
-    add("--export", "at the end, also write the EMA weights in float16 with the config (a small file for sample.py)",
-        metavar="PATH")
+    add("--threads", "torch CPU threads", int, "≥ 1")
+    add("--export", "at the end, also write the EMA weights in float16 (a small file for sample.py)", metavar="PATH")
     g = p.add_argument_group("model (Table 6 ablations and §3 variant)")
-    g.add_argument("--variant", choices=["paper", "official"], help="Eq. 5 as written, or as the released weights "
-                                                                    "compute it (default: paper)")
+    g.add_argument("--variant", choices=["paper", "official"],
+                   help="Eq. 5 as written, or as the released weights compute it (default: paper)")
     g.add_argument("--no-prior", action="store_true", help="no instrument prior (Backbone)")
     g.add_argument("--no-global", action="store_true", help="no global cross-track attention (②)")
     g.add_argument("--no-time", action="store_true", help="no time-specific cross-track attention (③)")
@@ -127,23 +116,27 @@ def parse_args(argv=None):
     g.add_argument("--alternate", action="store_true", help="② and ③ alternate (SyncTrack-alternate)")
     args = p.parse_args(argv)
     check_flags(args)
-    if args.resume:
-        return args  # everything else comes from the run being resumed (resume_args)
-    args.preset = preset
-    for key, value in row.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.out = args.out or os.path.join("runs", preset + ("-vae" if args.stage == "vae" else ""))
-    args.stage = args.stage or "denoiser"
+    if not args.resume:  # a resumed run takes the rest from its checkpoint (resume_args)
+        out = os.path.join("runs", preset + ("-vae" if args.stage == "vae" else ""))
+        for key, value in {**row, "preset": preset, "stage": "denoiser", "out": out}.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     return args
 
 
+def number(flag, kind, want):
+    """An argparse type: a `kind` (int, float) that is `want` (see RULES), else one line naming the flag."""
+    def parse(text):
+        value = kind(text)
+        if not RULES[want](value):
+            raise SystemExit(f"{flag} must be {want}, got {value}")
+        return value
+    parse.__name__ = kind.__name__  # text that is no number: argparse's "invalid int value"
+    return parse
+
+
 def check_flags(args):
-    """One line per bad value, naming the flag, before anything is loaded or written."""
-    for key, (ok, want) in BOUNDS.items():
-        value = getattr(args, key)
-        if value is not None and not ok(value):
-            raise SystemExit(f"--{key.replace('_', '-')} must be {want}, got {value}")
+    """One line per bad device or path, naming the flag, before anything is loaded or written."""
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(args.device)
@@ -154,56 +147,45 @@ def check_flags(args):
     if args.data not in (None, "toy") and not os.path.isdir(args.data):
         raise SystemExit(f"--data {args.data}: no such folder (give a Slakh2100 root with train/ and validation/, "
                          f"or BabySlakh with --train-split . --val-split .)")
-    for flag in ("out", "resume"):
-        if getattr(args, flag) and os.path.exists(getattr(args, flag)) and not os.path.isdir(getattr(args, flag)):
-            raise SystemExit(f"--{flag} {getattr(args, flag)} is a file; a run is a folder: choose another --{flag}")
+    for flag, path in (("out", args.out), ("resume", args.resume)):
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise SystemExit(f"--{flag} {path} is a file; a run is a folder: choose another --{flag}")
+    if args.export and os.path.exists(args.export) and not args.overwrite:
+        raise SystemExit(f"--export {args.export} exists: choose another path, or pass --overwrite to replace it")
 
 
-def check_outputs(args):
-    """No output (--out, --export) is an input (--init, --first-stage, --data) or a run file of --out."""
-    inputs = {"--init": args.init, "--first-stage": None if args.first_stage == "offline" else args.first_stage,
-              "--data": None if args.data == "toy" else args.data}
+@contextlib.contextmanager
+def one_line(what=None, *errors):
+    """A file or folder of the user's that cannot be used ends the run with one line, `what: why`, no traceback."""
     try:
-        data.check_outputs({"--out": args.out, "--export": args.export}, inputs)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
-    run_files = [os.path.realpath(os.path.join(args.out, name)) for name in RUN_FILES]
-    if args.export and os.path.realpath(args.export) in run_files:
-        raise SystemExit(f"--export {args.export} is one of the run's own files in --out {args.out}: choose another "
-                         f"--export")
-
-
-def check_export(path, overwrite):
-    if path and os.path.exists(path) and not overwrite:
-        raise SystemExit(f"--export {path} exists: choose another path, or pass --overwrite to replace it")
+        yield
+    except (OSError, ValueError, *errors) as err:
+        raise SystemExit(f"{what}: {err}" if what else str(err)) from None
 
 
 def resume_args(given):
     """The resumed run's own arguments and checkpoint; a flag that would change its settings is refused."""
     path = os.path.join(given.resume, "ckpt.pt")
-    try:
+    with one_line(f"--resume {given.resume}: cannot read {path}", RuntimeError):
         ckpt = st.read_checkpoint(path)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"--resume {given.resume}: cannot read {path} ({err})") from None
     if not isinstance(ckpt, dict) or "args" not in ckpt:
         raise SystemExit(f"--resume {given.resume}: {path} is not a training checkpoint (an --export file has no "
                          f"optimiser or data position to continue from)")
-    saved, world = ckpt["args"], int(os.environ.get("WORLD_SIZE", 1))
+    saved, world, was = ckpt["args"], int(os.environ.get("WORLD_SIZE", 1)), ckpt.get("world_size", 1)
     conflicts = [f"--{key.replace('_', '-')}{'' if value is True else f' {value}'} (the run has {saved.get(key)})"
                  for key, value in vars(given).items()
                  if key not in RESUME_FLAGS and value not in (None, False) and value != saved.get(key)]
     if conflicts:
         raise SystemExit(f"--resume {given.resume} continues with the run's own settings; these flags differ: "
                          f"{', '.join(conflicts)}. Drop them, or start a new run with another --out")
-    if ckpt.get("world_size", 1) != world:  # the data shards and the noise of each rank depend on it
-        raise SystemExit(f"--resume {given.resume}: the run trained on {ckpt.get('world_size', 1)} process(es), this "
-                         f"is {world}; resume it with torchrun --nproc_per_node {ckpt.get('world_size', 1)}")
-    check_export(given.export, given.overwrite)
+    if was != world:  # the data shards and the noise of each rank depend on it
+        raise SystemExit(f"--resume {given.resume}: the run trained on {was} process(es), this is {world}; resume it "
+                         f"with torchrun --nproc_per_node {was}")
     args = argparse.Namespace(**{**saved, "resume": given.resume, "overwrite": given.overwrite, "out": given.resume,
                                  "device": given.device, "threads": given.threads})
-    args.export = given.export or args.export
-    args.workers = given.workers if given.workers is not None else args.workers
-    args.steps = given.steps if given.steps is not None else args.steps
+    for key in ("export", "workers", "steps"):  # given now: they replace the run's own
+        if getattr(given, key) is not None:
+            setattr(args, key, getattr(given, key))
     return args, ckpt
 
 
@@ -215,47 +197,23 @@ def model_config(args):
     return st.SyncTrackConfig(**{**st.PRESETS[args.preset], **overrides})
 
 
-def build_first_stage(args, cfg, init=None):
-    """The frozen first stage (Eq. 1), and the config with its latent grid made to match that stage. `init` (the
-    --init checkpoint, loaded) supplies it unless it is one of ours without one (an offline-stage run)."""
-    stage_in_init = init is not None and ("config" not in init or "first_stage" in init)
-    spec = (args.first_stage or (args.init if stage_in_init else None)
-            or {"offline": "offline", "toy-vae": TOY_FIRST_STAGE}.get(cfg.first_stage))
-    if spec is None:
+def first_stage(args, cfg, init):
+    """The frozen first stage (Eq. 1) and the config fitted to its latents: --first-stage, else the --init checkpoint's
+    (unless it is one of ours without one), else the preset's own (toy.build_first_stage)."""
+    spec = args.first_stage or (args.init if init and ("config" not in init or "first_stage" in init) else None)
+    if spec is None and cfg.first_stage == "musicldm":
         raise SystemExit(f"preset {args.preset!r} diffuses MusicLDM latents: give --init musicldm-ckpt.ckpt --trust. "
                          f"On a CPU without those weights: `python train.py --stage vae --data {args.data}` trains a "
                          f"toy first stage on your data, then `python train.py --preset toy --data {args.data} "
                          f"--first-stage runs/toy-vae/ckpt.pt` the toy model on it")
-    try:
-        stage = toy.make_first_stage(spec, trust=args.trust)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"first stage {spec}: {err}") from None
-    C, T, F = stage.latent_shape(cfg.clip_samples)
-    return stage, dataclasses.replace(cfg, first_stage=stage.kind, latent_channels=C,
-                                      latent_downsampling=st.MEL_BINS // F, latent_time=T, latent_freq=F)
-
-
-def datasets(args, cfg, stage=None):
-    """Training and validation clips. Through a learned toy first stage they are encoded once (data.EncodedClips):
-    training clips start every half clip, validation clips on the grid of whole clips."""
-    if stage is not None and stage.kind == "toy-vae":
-        train_set, val_set = datasets(args, cfg)
-        return (data.EncodedClips(train_set, stage, device=args.device, hop=cfg.clip_samples // 2),
-                data.EncodedClips(val_set, stage, device=args.device))
-    if args.data == "toy":
-        return (toy.ToyDataset(args.toy_songs, cfg.clip_samples, seed=args.seed, train=True),
-                toy.ToyDataset(max(8, args.toy_songs // 16), cfg.clip_samples, seed=args.seed, train=False))
-    try:
-        return (data.SlakhDataset(args.data, args.train_split.split(","), cfg.clip_samples, train=True, seed=args.seed),
-                data.SlakhDataset(args.data, args.val_split.split(","), cfg.clip_samples, train=False))
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"--data {args.data}: {err}") from None
+    with one_line(f"first stage {spec or cfg.first_stage}"):
+        return toy.build_first_stage(cfg, spec, args.trust)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The run: what one training process holds, built once by setup() and moved forward by train_step()
 
-@dataclass
+@dataclasses.dataclass
 class Run:
     args: argparse.Namespace
     cfg: st.SyncTrackConfig
@@ -267,6 +225,7 @@ class Run:
     autocast: torch.autocast
     distributed: bool = False
     rank: int = 0
+    folder: data.RunFolder = None     # where the files go (rank 0; None on the others)
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0           # data position inside the epoch, so a resume continues mid-epoch
@@ -275,49 +234,51 @@ class Run:
     last_good: int = 0                # step of the checkpoint on disk
     spikes: int = 0                   # spiking batches in a row, each skipped
     stop: bool = False                # Ctrl-C (SIGINT) or SIGTERM: stop after this step, checkpoint
-    folder: str = ""                  # where the files go: --out, or OUT.partial until an --overwrite saves
 
 
 class UnstableStep(Exception):
-    """A step whose loss or gradient is not finite: raised before it reaches the weights."""
+    """A non-finite loss or gradient (spike=False), or a finite loss above --spike × its running mean (spike=True):
+    raised before the update reaches the weights, with the gradients dropped."""
+
+    def __init__(self, message, spike=False):
+        super().__init__(message)
+        self.spike = spike
 
 
-class SpikedStep(UnstableStep):
-    """A finite loss above --spike × the running mean: the batch is skipped (gradients dropped, nothing updated)."""
-
-
-def setup(args, ckpt=None):
+def setup(args, ckpt=None, folder=None):
     """Build (or restore from `ckpt`) the first stage, model, EMA and optimiser of a run."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    distributed, rank = False, 0
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # torchrun: one process per GPU (NCCL) or CPU process (gloo)
+    distributed, rank = int(os.environ.get("WORLD_SIZE", 1)) > 1, 0
+    if distributed:  # torchrun: one process per GPU (NCCL) or CPU process (gloo)
         dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
         if args.device.startswith("cuda"):
             args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(args.device)
-        distributed, rank = True, dist.get_rank()
+        rank = dist.get_rank()
     torch.manual_seed(args.seed + rank)
     cfg = st.SyncTrackConfig.from_dict(ckpt["config"]) if ckpt and "config" in ckpt else model_config(args)
-    init = read_init(args.init, args.trust) if args.init and not ckpt else None
+    init = None
+    if args.init and not ckpt:
+        with one_line(f"--init {args.init}: cannot read it", RuntimeError):
+            init = st.read_checkpoint(args.init, args.trust)
     if args.stage == "vae":
         if distributed:
             raise SystemExit("--stage vae trains in one process (no torchrun)")
         stage, model = None, st.AutoencoderKL(toy.TOY_VAE_DDCONFIG, toy.TOY_VAE_EMBED_DIM).to(args.device)
     else:
-        stage, cfg = build_first_stage(args, cfg, init)
+        stage, cfg = first_stage(args, cfg, init)
         stage = stage.to(args.device).eval()  # important: frozen, never trained (§3), and without dropout
         model = st.SyncTrack(cfg).to(args.device)
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)  # no gradients, no optimiser state: one copy
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-    if args.compile:
-        net = torch.compile(net)
+    net = torch.compile(net) if args.compile else net
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
-    run = Run(args, cfg, stage, model, ema_model, opt, net, autocast, distributed, rank, folder=args.out)
+    run = Run(args, cfg, stage, model, ema_model, opt, net, autocast, distributed, rank, folder)
     if init is not None:
-        report = init_weights(init, run)
+        report = init_weights(run, init)
         if rank == 0:
             print(f"init from {args.init}: {report}")
     if ckpt:
@@ -325,18 +286,10 @@ def setup(args, ckpt=None):
     return run
 
 
-def read_init(path, trust):
-    try:
-        return st.read_checkpoint(path, trust)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"--init {path}: cannot read it ({err})") from None
-
-
-def init_weights(state, run):
+def init_weights(run, state):
     """--init: raw weights to train, EMA weights and update count to the EMA (as the official code); returns a line.
-
-    Our own checkpoints (a run's ckpt.pt, or an --export file whose one set of weights is the EMA) must hold the config
-    of the model; a Lightning checkpoint is mapped by load_official."""
+    A Lightning checkpoint is mapped by load_official; ours (a run's ckpt.pt, or an --export file, whose one set of
+    weights is the EMA) must hold the config of the model asked for."""
     path, model = run.args.init, run.model
     if not ("config" in state and "model" in state):
         report = st.load_official(model, state, ema=False, name=path)
@@ -359,6 +312,7 @@ def init_weights(state, run):
 
 
 def restore(run, ckpt):
+    """--resume: weights, EMA, optimiser, counters, data position and random state of the checkpoint."""
     weights = ckpt["first_stage"]["vae"] if run.args.stage == "vae" else ckpt["model"]
     run.model.load_state_dict(weights)
     run.ema_model.load_state_dict(ckpt.get("ema", weights))
@@ -375,30 +329,31 @@ def restore(run, ckpt):
 
 
 def loaders(run):
-    """(train set, validation set, train loader, validation loader, full batches per epoch)."""
-    args = run.args
-    train_set, val_set = datasets(args, run.cfg, run.stage)
+    """(train set, validation set, their loaders, full batches per epoch). Through a learned toy first stage the clips
+    are encoded once (toy.EncodedClips): training clips start every half clip, validation clips on the clip grid."""
+    args, c = run.args, run.cfg.clip_samples
+    if args.data == "toy":
+        sets = (toy.ToyDataset(args.toy_songs, c, seed=args.seed, train=True),
+                toy.ToyDataset(max(8, args.toy_songs // 16), c, seed=args.seed, train=False))
+    else:
+        with one_line(f"--data {args.data}"):
+            sets = (data.SlakhDataset(args.data, args.train_split.split(","), c, train=True, seed=args.seed),
+                    data.SlakhDataset(args.data, args.val_split.split(","), c, train=False))
+    if run.stage is not None and run.stage.kind == "toy-vae":
+        sets = (toy.EncodedClips(sets[0], run.stage, device=args.device, hop=c // 2),
+                toy.EncodedClips(sets[1], run.stage, device=args.device))
     workers = args.workers if args.workers is not None else (0 if args.data == "toy" else 2)
-    train_loader = data.make_loader(train_set, args.batch_size, True, workers, run.distributed, args.seed)
-    val_loader = data.make_loader(val_set, args.batch_size, False, workers, distributed=False)
+    train_loader = data.make_loader(sets[0], args.batch_size, True, workers, run.distributed, args.seed)
+    val_loader = data.make_loader(sets[1], args.batch_size, False, workers)
     batches_per_epoch = len(train_loader.sampler) // args.batch_size
     if batches_per_epoch < args.accum:
-        raise SystemExit(f"the training set has {len(train_set)} clips: fewer than one step of {args.accum} "
+        raise SystemExit(f"the training set has {len(sets[0])} clips: fewer than one step of {args.accum} "
                          f"batch(es) of {args.batch_size}")
-    return train_set, val_set, train_loader, val_loader, batches_per_epoch
+    return *sets, train_loader, val_loader, batches_per_epoch
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # One step
-
-def latents(stage, batch, sample=True):
-    """Eq. (1) for a batch of waveforms (B, S, N), or for cached posteriors (B, 2, S, C, T, F) from data.EncodedClips:
-    z = mean + std·ε when sampling (the official training target), the mean otherwise."""
-    if batch.dim() == 3:
-        return stage.encode(batch, sample=sample)
-    mean, std = batch.unbind(1)                                          # (B, 2, S, C, T, F) -> 2 × (B, S, C, T, F)
-    return mean + std * torch.randn_like(std) if sample else mean
-
 
 def batch_loss(run, batch):
     """Eq. (2) on the first stage's latents of a batch; for --stage vae, L1 + KL on the log-mel of every track."""
@@ -406,14 +361,12 @@ def batch_loss(run, batch):
     with run.autocast:
         if run.args.stage == "vae":
             return toy.vae_loss(run.model, st.log_mel(batch.flatten(0, 1)), run.args.kl_weight)[0]  # (B·S, T, F)
-        return st.diffusion_loss(run.net, latents(run.stage, batch))     # z0: (B, S, C, T, F), Eq. (1)
+        return st.diffusion_loss(run.net, toy.latents(run.stage, batch))  # z0: (B, S, C, T, F), Eq. (1)
 
 
-def train_step(run, micro_batches, loss_fn=batch_loss):
-    """One optimiser step over the `accum` micro-batches; returns (loss, gradient norm, learning rate).
-
-    Raises UnstableStep on a non-finite loss or gradient, SpikedStep on a spike; then the gradients are dropped and the
-    weights, EMA and running mean are untouched."""
+def train_step(run, micro_batches):
+    """One optimiser step over the `accum` micro-batches; returns (loss, gradient norm, learning rate), or raises
+    UnstableStep with the weights, EMA and running mean untouched."""
     args = run.args
     # 1. warm-up as the official code: lr grows linearly from 0 (the first update) to its value at step `warmup`
     lr = args.lr * min(1.0, run.step / args.warmup) if args.warmup else args.lr
@@ -424,7 +377,7 @@ def train_step(run, micro_batches, loss_fn=batch_loss):
     for micro, batch in enumerate(micro_batches):
         sync = not run.distributed or micro == args.accum - 1
         with contextlib.nullcontext() if sync else run.net.no_sync():
-            part = loss_fn(run, batch) / args.accum
+            part = batch_loss(run, batch) / args.accum
             part.backward()
         loss += part.item()
     if run.distributed:  # every rank decides on the same mean loss, and stops at the same step
@@ -437,8 +390,8 @@ def train_step(run, micro_batches, loss_fn=batch_loss):
     spike = finite and args.spike and run.running and run.step > 100 and loss > args.spike * run.running
     if not finite or spike:
         run.opt.zero_grad(set_to_none=True)
-        raise (SpikedStep if spike else UnstableStep)(f"loss {loss:.4g}, gradient norm {grad_norm:.4g} "
-                                                      f"(running mean loss {run.running or float('nan'):.4g})")
+        raise UnstableStep(f"loss {loss:.4g}, gradient norm {grad_norm:.4g} (running mean loss "
+                           f"{run.running or float('nan'):.4g})", spike=bool(spike))
     run.running = loss if run.running is None else 0.98 * run.running + 0.02 * loss
     # 4. AdamW, then the EMA of the new weights: LitEma's decay min(ema, (1 + n) / (10 + n)) after n updates
     run.opt.step()
@@ -454,11 +407,11 @@ def train_step(run, micro_batches, loss_fn=batch_loss):
 def skip_or_stop(run, err):
     """A lone spike skips its batch (SPIKE_PATIENCE in a row stop the run); a non-finite loss or gradient stops it."""
     run.spikes += 1
-    if isinstance(err, SpikedStep) and run.spikes < SPIKE_PATIENCE:
+    if err.spike and run.spikes < SPIKE_PATIENCE:
         if run.rank == 0:
             tqdm.write(f"step {run.step}: {err}; batch skipped ({SPIKE_PATIENCE} spikes in a row stop the run)")
         return
-    in_a_row = f", {run.spikes} spikes in a row" if isinstance(err, SpikedStep) else ""
+    in_a_row = f", {run.spikes} spikes in a row" if err.spike else ""
     raise SystemExit(f"step {run.step}: {err}{in_a_row}; stopped, the last good checkpoint (step {run.last_good}) is "
                      f"{run.args.out}/ckpt.pt")
 
@@ -469,89 +422,68 @@ def validate(run, loader):
     --stage vae the L1 of the posterior-mean reconstruction and LDM's scale factor."""
     if run.args.stage == "vae":
         return toy.vae_validation(run.ema_model, torch.cat(list(itertools.islice(loader, run.args.val_batches))))
-    g = torch.Generator(run.args.device).manual_seed(1234)
-    losses = []
+    g, losses = torch.Generator(run.args.device).manual_seed(1234), []
     for wave in itertools.islice(loader, run.args.val_batches):
-        z0 = latents(run.stage, wave.to(run.args.device), sample=False)
+        z0 = toy.latents(run.stage, wave.to(run.args.device), sample=False)
         with run.autocast:
             losses.append(st.diffusion_loss(run.ema_model, z0, generator=g).item())
     return dict(val_loss=sum(losses) / max(len(losses), 1))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Files: the run folder (one run at a time), the log, checkpoints
-
-def run_folder(args):
-    """Where this run writes: --out itself, or OUT.partial when --overwrite replaces a run (swapped in by save)."""
-    held = sorted(os.listdir(args.out)) if os.path.isdir(args.out) else []
-    folder = args.out
-    if not args.resume and "ckpt.pt" in held:  # a run is here (without ckpt.pt: at most a stopped run's leftovers)
-        if not args.overwrite:
-            raise SystemExit(f"--out {args.out} already holds {', '.join(held[:4])}{' …' if len(held) > 4 else ''}: "
-                             f"continue it with --resume {args.out}, choose another --out, or pass --overwrite to "
-                             f"replace its run")
-        folder = os.path.realpath(args.out) + ".partial"
-        shutil.rmtree(folder, ignore_errors=True)  # left by a run that died before its first save (we hold the lock)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise SystemExit(f"--out {args.out}: cannot create it ({err.strerror}); choose another --out") from None
-    if not os.access(folder, os.W_OK):
-        raise SystemExit(f"--out {args.out}: not writable; choose another --out")
-    return folder
-
+# Files (rank 0, in run.folder): data_report.json, log.jsonl, ckpt.pt, the export
 
 def start_outputs(run, train_set, val_set, batches_per_epoch):
-    """Rank 0: write data_report.json, say what is trained; returns the open log (None elsewhere)."""
-    if run.rank != 0:
+    """Write data_report.json and say what is trained; returns log.jsonl, open (None on the other ranks)."""
+    if run.folder is None:
         return None
-    with open(os.path.join(run.folder, "data_report.json"), "w") as f:
+    with open(os.path.join(run.folder.path, "data_report.json"), "w") as f:
         json.dump({"train": train_set.report, "validation": val_set.report}, f, indent=1)
     report, n_params = train_set.report, sum(p.numel() for p in run.model.parameters())
     what = "toy VAE" if run.args.stage == "vae" else f"SyncTrack, latent {run.cfg.latent_shape}"
     encoded = (f" (encoded once, starts every {run.cfg.clip_samples // 2} samples)"
-               if isinstance(train_set, data.EncodedClips) else "")
+               if isinstance(train_set, toy.EncodedClips) else "")
     print(f"{what}, {n_params / 1e6:.2f}M params; {report['kept']} songs, {len(train_set)} training clips{encoded} "
           f"({len(report['dropped'])} songs dropped, see {run.args.out}/data_report.json); {batches_per_epoch} "
           f"batches/epoch; device {run.args.device}" + (f"; resumed from step {run.step}" if run.args.resume else ""))
-    path, kept = os.path.join(run.folder, "log.jsonl"), []
-    if run.step and os.path.exists(path):  # a resumed run drops the records past its checkpoint, then writes them again
-        with open(path) as f:
-            for line in f:
-                with contextlib.suppress(json.JSONDecodeError):  # a line cut off by a kill is dropped too
-                    if json.loads(line)["step"] <= run.step:
-                        kept.append(line if line.endswith("\n") else line + "\n")
-    data.atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
-    return open(path, "a")
+    return run.folder.log(run.step)
 
 
 def save(run, val_loader):
     """Rank 0 writes ckpt.pt atomically; a failed write (disk full) stops the run with the previous checkpoint intact.
-    The first checkpoint of an --overwrite run replaces the old run folder by the new one."""
-    if run.rank != 0:
+    The first checkpoint of an --overwrite run replaces the old run by the new one (RunFolder.saved)."""
+    if run.folder is None:
         return
     state = dict(optimizer=run.opt.state_dict(), step=run.step, epoch=run.epoch, batch_in_epoch=run.batch_in_epoch,
-                 running_loss=run.running, ema_updates=run.ema_updates, world_size=max(1, int(os.environ.get(
-                     "WORLD_SIZE", 1))), rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all()
-                                                  if torch.cuda.is_available() else []), args=vars(run.args))
+                 running_loss=run.running, ema_updates=run.ema_updates, args=vars(run.args),
+                 world_size=int(os.environ.get("WORLD_SIZE", 1)), rng=dict(torch=torch.get_rng_state(), cuda=(
+                     torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])))
     if run.args.stage == "vae":  # a first-stage record: `--first-stage RUN/ckpt.pt` reads it
-        scale = validate(run, val_loader)["scale_factor"]
-        state["first_stage"] = toy.first_stage_state(run.model, scale)
-    elif run.cfg.first_stage == "toy-vae":  # the toy VAE travels inside: sample.py needs no second file
-        state["first_stage"] = toy.first_stage_state(run.stage.vae, run.stage.scale_factor)
+        state["first_stage"] = toy.first_stage_state(run.model, validate(run, val_loader)["scale_factor"])
+    else:
+        state.update(config=dataclasses.asdict(run.model.config), model=run.model.state_dict(),
+                     ema=run.ema_model.state_dict(), scale_factor=getattr(run.stage, "scale_factor", None))
+        if run.cfg.first_stage == "toy-vae":  # the toy VAE travels inside: sample.py needs no second file
+            state["first_stage"] = toy.first_stage_state(run.stage.vae, run.stage.scale_factor)
     try:
-        if run.args.stage == "vae":
-            st.write_checkpoint(os.path.join(run.folder, "ckpt.pt"), state)
-        else:
-            st.save_checkpoint(os.path.join(run.folder, "ckpt.pt"), run.model, ema=run.ema_model.state_dict(),
-                               scale_factor=getattr(run.stage, "scale_factor", None), **state)
+        st.write_checkpoint(os.path.join(run.folder.path, "ckpt.pt"), state)
     except OSError as err:
         kept = f"the last good checkpoint is step {run.last_good}" if run.last_good else "no checkpoint was written"
         raise SystemExit(f"step {run.step}: {err.strerror or err}; {kept}") from None
     run.last_good = run.step
-    if run.folder != run.args.out:
-        data.finish_output(run.folder, os.path.realpath(run.args.out))
-        run.folder = run.args.out
+    run.folder.saved()
+
+
+def check_outputs(args):
+    """No output (--out, --export) is an input (--init, --first-stage, --data) or one of the run's own files."""
+    inputs = {"--init": args.init, "--first-stage": None if args.first_stage == "offline" else args.first_stage,
+              "--data": None if args.data == "toy" else args.data}
+    with one_line():
+        data.check_outputs({"--out": args.out, "--export": args.export}, inputs)
+    if args.export and os.path.realpath(args.export) in [os.path.realpath(os.path.join(args.out, name))
+                                                         for name in RUN_FILES]:
+        raise SystemExit(f"--export {args.export} is one of the run's own files in --out {args.out}: choose another "
+                         f"--export")
 
 
 def export(args):
@@ -560,73 +492,53 @@ def export(args):
     st.export_checkpoint(os.path.join(args.out, "ckpt.pt"), args.export)
 
 
-def memory_gb(device):
-    """Peak memory: allocated GPU memory on CUDA, else the process's peak RSS (Linux: KiB)."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30
-    import resource  # POSIX only
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The loop
 
 def main(argv=None):
     args = parse_args(argv)
-    out = args.resume or args.out
-    with contextlib.ExitStack() as stack:
-        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 alone owns the files; its refusal stops torchrun's others
-            try:  # held for the whole run: a second run into the same --out is refused, never mixed
-                stack.enter_context(data.OutputLock(os.path.realpath(out)))
-            except BlockingIOError as err:
-                raise SystemExit(f"--out {err}") from None
-            except OSError as err:
-                raise SystemExit(f"--out {out}: cannot write there ({err.strerror}); choose another --out") from None
-        try:
-            train(args, int(os.environ.get("RANK", 0)) == 0)
-        except KeyboardInterrupt:
-            raise SystemExit(f"interrupted before a checkpoint could be written; {out} keeps what it held") from None
+    try:
+        train(args)
+    except KeyboardInterrupt:
+        out = args.resume or args.out
+        raise SystemExit(f"interrupted before a checkpoint could be written; {out} keeps what it held") from None
 
 
-def train(args, rank0):
+def train(args):
     ckpt = None
     if args.resume:
         args, ckpt = resume_args(args)
-    if rank0:
-        check_outputs(args)
-        check_export(None if args.resume else args.export, args.overwrite)  # (resume_args checked a new --export)
-    if ckpt and ckpt["step"] >= args.steps:  # nothing to train; an --export is still written
-        print(f"{args.out} finished at step {ckpt['step']}; pass --steps M (M > {ckpt['step']}) to continue")
-        if args.export and rank0:
-            export(args)
-            print(f"exported {args.export}")
-        return
-    folder = run_folder(args) if rank0 else args.out
-    try:
-        run = setup(args, ckpt)
-        run.folder = folder
+    with contextlib.ExitStack() as files:
+        folder = None
+        if int(os.environ.get("RANK", 0)) == 0:  # rank 0 alone owns the files; its refusal stops torchrun's others
+            check_outputs(args)
+            with one_line():  # locked for the whole run: a second run into the same --out is refused, never mixed
+                folder = files.enter_context(data.RunFolder(args.out, args.overwrite, args.resume))
+        if ckpt and ckpt["step"] >= args.steps:  # nothing to train; an --export is still written
+            print(f"{args.out} finished at step {ckpt['step']}; pass --steps M (M > {ckpt['step']}) to continue")
+            if args.export and folder:
+                export(args)
+                print(f"exported {args.export}")
+            return
+        run = setup(args, ckpt, folder)
         del ckpt  # the loaded copy of every tensor (GBs at the paper's size) is in the run now
         train_set, val_set, train_loader, val_loader, batches_per_epoch = loaders(run)
         log = start_outputs(run, train_set, val_set, batches_per_epoch)
-    except BaseException:
-        if folder != args.out:  # the old run in --out is untouched
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
 
-    def stop(signum, frame):  # the first Ctrl-C ends the run after this step, a second one at once
-        run.stop = True
-        signal.signal(signum, signal.default_int_handler)
-    handlers = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        loop(run, train_loader, val_loader, batches_per_epoch, log)
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    finish(run, log, val_loader)
+        def stop(signum, frame):  # the first Ctrl-C ends the run after this step, a second one at once
+            run.stop = True
+            signal.signal(signum, signal.default_int_handler)
+        handlers = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            loop(run, train_loader, val_loader, batches_per_epoch, log)
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        finish(run, log, val_loader)
 
 
 def loop(run, train_loader, val_loader, batches_per_epoch, log):
-    """Steps to --steps or a Ctrl-C: batch → loss → backward → check → AdamW → EMA, then log, validate, checkpoint."""
+    """Steps to --steps or a Ctrl-C: batch → loss → backward → check → AdamW → EMA; then log, validate, checkpoint."""
     args = run.args
     t0, last_log = time.time(), run.step
     bar = tqdm(total=args.steps, initial=run.step, disable=run.rank != 0, desc=f"train {args.stage}")
@@ -646,7 +558,9 @@ def loop(run, train_loader, val_loader, batches_per_epoch, log):
             record, last = {}, run.step == args.steps
             if run.step % args.log_every == 0 or last:
                 record = dict(step=run.step, loss=loss, loss_avg=run.running, lr=lr, grad_norm=grad_norm,
-                              it_s=(run.step - last_log) / (time.time() - t0), mem_gb=memory_gb(args.device))
+                              it_s=(run.step - last_log) / (time.time() - t0))
+                if args.device.startswith("cuda"):  # peak GPU memory so far
+                    record["mem_gb"] = torch.cuda.max_memory_allocated(args.device) / 2 ** 30
                 t0, last_log = time.time(), run.step
             if log and (run.step % args.val_every == 0 or last):
                 record.update(step=run.step, **validate(run, val_loader))
@@ -664,8 +578,7 @@ def loop(run, train_loader, val_loader, batches_per_epoch, log):
 def finish(run, log, val_loader):
     """Rank 0: the last checkpoint (a Ctrl-C's too), the export, and one line saying what was kept."""
     args = run.args
-    if run.stop and run.folder != args.out:  # --overwrite stopped before its first checkpoint: keep the old run
-        shutil.rmtree(run.folder, ignore_errors=True)
+    if run.stop and run.folder and run.folder.replacing:  # leaving RunFolder removes the new run's partial folder
         raise SystemExit(f"interrupted at step {run.step}, before the new run's first checkpoint: --out {args.out} "
                          f"still holds the old run, unchanged")
     if run.last_good != run.step or run.step == 0:  # --steps 0 writes the untrained model, a baseline for the metrics

@@ -1,11 +1,11 @@
 """Benchmarks (speed and memory goals are measured here, never asserted in tests).
 
-    python extras/bench.py paper [--variant official]      # the paper-size path end to end on a CPU, one JSON line per phase
-    python extras/bench.py gpu [--compile both]            # paper-config GPU numbers: train it/s, memory, batch, DDIM, metrics
+    python extras/bench.py paper [--variant official]    # the paper-size path end to end on a CPU, JSON per phase
+    python extras/bench.py gpu [--compile both]          # paper-config GPU: train it/s, memory, batch, DDIM, metrics
     python extras/bench.py denoiser --preset paper --batch-size 16 --device cuda   # training it/s and DDIM step time
     python extras/bench.py denoiser --preset toy --batch-size 16                   # the CPU toy model
     python extras/bench.py first-stage [--device cuda]                             # encode/decode per 10.24 s track
-    python extras/bench.py metrics [--pieces 400 --workers 2]                      # files/s at Slakh test scale; grid cost
+    python extras/bench.py metrics [--pieces 400 --workers 2]                      # files/s at Slakh test scale, grids
 
 `paper` runs the real commands a user runs, each in its own process (so each phase's peak RSS is its own): train.py
 (2 steps at batch 1 from a MusicLDM-size first stage with random weights, written as a Lightning-format file),
@@ -49,6 +49,13 @@ def machine(device):
         names = [platform.processor()]
     return f"{names[0] if names else platform.machine()}, {torch.get_num_threads()} threads, " \
            f"load average {os.getloadavg()[0]:.1f}"
+
+
+def memory_gb(device):
+    """Peak memory: allocated GPU memory on CUDA, else the process's peak RSS (Linux: KiB)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 def timed(fn, device, repeats):
@@ -118,7 +125,7 @@ def bench_paper(args):
     if not args.tiny:
         first_stage = str(folder / "musicldm-random.ckpt")
         n_stage = write_first_stage(first_stage)
-    emit(phase="build", seconds=round(time.perf_counter() - start, 3), peak_rss_gb=round(train.memory_gb("cpu"), 2),
+    emit(phase="build", seconds=round(time.perf_counter() - start, 3), peak_rss_gb=round(memory_gb("cpu"), 2),
          trainable_params=counts, first_stage=first_stage,
          first_stage_params=None if args.tiny else n_stage, latent=list(base.latent_shape),
          machine=machine("cpu"), torch=torch.__version__)
@@ -164,7 +171,7 @@ def train_numbers(run, batch_size, repeats):
     if run.args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(run.args.device)
     seconds = timed(lambda: train.train_step(run, [wave]), run.args.device, repeats)
-    return 1 / seconds, train.memory_gb(run.args.device)
+    return 1 / seconds, memory_gb(run.args.device)
 
 
 def fits(run, batch_size):
@@ -257,7 +264,7 @@ def bench_denoiser(args):
 
     seconds = timed(train_step, args.device, args.repeats)
     print(f"train step (forward + backward + AdamW): {seconds:.3f} s = {1 / seconds:.2f} it/s, "
-          f"{train.memory_gb(args.device):.1f} GB peak {'GPU memory' if args.device.startswith('cuda') else 'RSS'}")
+          f"{memory_gb(args.device):.1f} GB peak {'GPU memory' if args.device.startswith('cuda') else 'RSS'}")
     model.eval()
     t = torch.full((args.batch_size,), 500, device=args.device)
     with torch.inference_mode(), autocast:
@@ -301,9 +308,9 @@ def evaluate_timed(root, workers, **kwargs):
 
 
 def bench_metrics(args):
-    """Toy pieces of --seconds (4 tracks each) scored by metric_study.evaluate with --workers processes: first a subset of
-    --grid-pieces at one setting, as the 6-setting grid, and the grid again from the --cache of activations; then all
-    --pieces at one setting (files/s at scale, and whether memory grew with the number of files)."""
+    """Toy pieces of --seconds (4 tracks each) scored by metric_study.evaluate with --workers processes: first a subset
+    of --grid-pieces at one setting, as the 6-setting grid, and the grid again from the --cache of activations; then
+    all --pieces at one setting (files/s at scale, and whether memory grew with the number of files)."""
     folder = Path(args.dir or tempfile.mkdtemp(prefix="bench_metrics_"))
     clip = int(round(args.seconds * st.SAMPLE_RATE))
     sets = {"subset": folder / f"pieces_{args.grid_pieces}", "all": folder / f"pieces_{args.pieces}"}

@@ -1,4 +1,5 @@
-"""extras/bench.py's plumbing on a CPU with the tiny preset: every phase runs and reports; the numbers are not asserted."""
+"""extras/bench.py's plumbing on a CPU with the tiny preset: every phase runs and reports; the numbers are not
+asserted."""
 import json
 
 import torch

@@ -62,12 +62,12 @@ def test_encoded_clips_hold_the_posterior_of_every_clip():
     vae = small_vae()
     stage = st.MusicLDMFirstStage(vae, toy.GriffinLim(1), 0.3)
     clips = toy.ToyDataset(2, 10240, seed=3, train=False)
-    encoded = data.EncodedClips(clips, stage, batch_size=3)
+    encoded = toy.EncodedClips(clips, stage, batch_size=3)
     assert len(encoded) == len(clips) == 4 and encoded[1].shape == (2, 4, 8, 8, 8)  # [mean, std] × (S, C, T, F)
     wave = clips[1][None]                                                      # (1, S, N)
     assert torch.allclose(encoded[1][0], stage.encode(wave, sample=False)[0], atol=1e-6)
-    assert torch.equal(train.latents(stage, encoded[1][None], sample=False)[0], encoded[1][0])
-    draws = torch.stack([train.latents(stage, encoded[1][None])[0] for _ in range(200)])
+    assert torch.equal(toy.latents(stage, encoded[1][None], sample=False)[0], encoded[1][0])
+    draws = torch.stack([toy.latents(stage, encoded[1][None])[0] for _ in range(200)])
     assert torch.allclose(draws.std(0).mean(), encoded[1][1].mean(), rtol=0.1)  # z = mean + std·ε
 
 
@@ -161,7 +161,7 @@ TOY_VAE_L1, TOY_VAE_LOUD_L1 = 0.4, 0.5
 def test_encoded_clips_on_a_grid_with_overlap():
     stage = st.MusicLDMFirstStage(small_vae(), toy.GriffinLim(1), 0.3)
     clips = toy.ToyDataset(2, 10240, seed=3, train=False)                       # songs of 2 clips
-    encoded = data.EncodedClips(clips, stage, hop=5120)
+    encoded = toy.EncodedClips(clips, stage, hop=5120)
     assert encoded.clips == [(0, 0), (0, 5120), (0, 10240), (1, 0), (1, 5120), (1, 10240)]
     wave = torch.from_numpy(clips.songs[0][None, :, 5120:15360])                # (1, S, c) starting half a clip in
     assert torch.allclose(encoded[1][0], stage.encode(wave, sample=False)[0], atol=1e-6)
