@@ -778,7 +778,7 @@ class MusicLDMFirstStage(nn.Module):
 
     @torch.no_grad()
     def posterior(self, wave):
-        """(B, S, N) -> the scaled posterior's mean and std, each (B, S, C, T, F), as data.EncodedClips keeps them."""
+        """(B, S, N) -> the scaled posterior's mean and std, each (B, S, C, T, F), as toy.EncodedClips keeps them."""
         b, s, n = check_wave(wave, self.multiple)
         mean, logvar = self.vae.encode(log_mel(wave.reshape(b * s, n)))  # (B·S, N) -> (B·S, T, F) -> (B·S, C, T/d, F/d)
         std = torch.exp(0.5 * logvar)
