@@ -94,7 +94,7 @@ def song_params(seed, seconds):
     form = rng.choice(FORMS)
     sizes = [rng.choice([2, 4] if name in ("intro", "outro") else [4, 8]) for name in form]
     while sum(sizes) < bars:  # repeat the form's middle until the song is long enough, then trim the last section
-        form, sizes = form + form[1:-1] or form, sizes + sizes[1:-1] or sizes
+        form, sizes = form + form[1:-1], sizes + sizes[1:-1]
     sections, left = [], bars
     for name, size in zip(form, sizes):
         if left > 0:

@@ -85,6 +85,12 @@ def test_songs_vary_and_are_reproducible():
     assert any(p["swing"] > 0 for p in params) and any(p["swing"] == 0 for p in params)
 
 
+def test_help_from_another_folder(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "extras/midi_songs.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: midi_songs.py"), done.stderr
+
+
 def test_vlq_known_answers():  # the SMF specification's examples
     for n, code in [(0, "00"), (0x40, "40"), (0x7F, "7F"), (0x80, "8100"), (0x2000, "C000"), (0x3FFF, "FF7F"),
                     (0x4000, "818000"), (0x0FFFFFFF, "FFFFFF7F")]:
