@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+import cli
 import synctrack as st
 import toy
 import train
@@ -222,7 +223,7 @@ def lightning_init(tmp_path, monkeypatch, extra):
     vocoder = st.HiFiGAN(fs["hifigan_config"])
     vocoder.load_state_dict({k: v.float() for k, v in st.fold_weight_norm(fs["hifigan_ckpt"]["generator"]).items()})
     monkeypatch.setattr(toy, "make_first_stage", lambda spec, trust=False: st.MusicLDMFirstStage(vae, vocoder, 1.0))
-    monkeypatch.setattr(train, "model_config",
+    monkeypatch.setattr(cli, "model_config",
                         lambda args: st.official_config(ref["unet_config"], first_stage="musicldm",
                                                     clip_samples=40960))
     prefix, key = "model.diffusion_model.", "input_blocks.0.0.weight"
@@ -380,6 +381,6 @@ def test_warmup_is_the_official_formula(tmp_path):
 def test_help_shows_the_defaults_of_the_run_it_describes(capsys):
     for argv, lr in (([], "0.0003"), (["--data", "slakh/"], "3e-05"), (["--stage", "vae"], "0.001")):
         with pytest.raises(SystemExit):
-            train.parse_args(argv + ["--help"])
+            cli.parse_args(argv + ["--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert f"AdamW learning rate after the warm-up (default: {lr})" in text, argv
