@@ -122,7 +122,7 @@ def number(flag, kind, want):
 
 
 def check_flags(args):
-    """One line per bad device or path, naming the flag, before anything is loaded or written."""
+    """One line per bad device, path or launch, naming the flag, before anything is loaded or written."""
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(args.device)
@@ -138,6 +138,8 @@ def check_flags(args):
             raise SystemExit(f"--{flag} {path} is a file; a run is a folder: choose another --{flag}")
     if args.export and os.path.exists(args.export) and not args.overwrite:
         raise SystemExit(f"--export {args.export} exists: choose another path, or pass --overwrite to replace it")
+    if args.stage == "vae" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise SystemExit("--stage vae trains in one process (no torchrun)")
 
 
 def check_outputs(args):
@@ -188,11 +190,20 @@ def resume_args(given):
 
 
 def model_config(args):
+    """The model asked for: the preset's SyncTrackConfig with the ablation flags (Table 6) and --variant."""
     overrides = dict(instrument_prior=not args.no_prior, global_attention=not args.no_global,
                      time_attention=not args.no_time, reorder=args.reorder, alternate=args.alternate)
     if args.variant:
         overrides["variant"] = args.variant
     return st.SyncTrackConfig(**{**st.PRESETS[args.preset], **overrides})
+
+
+def read_init(args):
+    """The --init checkpoint, read once (None without --init): train.init_weights maps it, first_stage may use it."""
+    if args.init:
+        with one_line(f"--init {args.init}: cannot read it", RuntimeError):
+            return st.read_checkpoint(args.init, args.trust)
+    return None
 
 
 def first_stage(args, cfg, init):

@@ -62,8 +62,8 @@ class Run:
 
 
 class UnstableStep(Exception):
-    """A non-finite loss or gradient (spike=False), or a finite loss above --spike × its running mean (spike=True):
-    raised before the update reaches the weights, with the gradients dropped."""
+    """A non-finite loss or gradient, or (spike=True) a loss above --spike × its running mean; raised before the
+    update reaches the weights, with the gradients dropped."""
 
     def __init__(self, message, spike=False):
         super().__init__(message)
@@ -83,13 +83,8 @@ def setup(args, ckpt=None, folder=None):
         rank = dist.get_rank()
     torch.manual_seed(args.seed + rank)
     cfg = st.SyncTrackConfig.from_dict(ckpt["config"]) if ckpt and "config" in ckpt else cli.model_config(args)
-    init = None
-    if args.init and not ckpt:
-        with cli.one_line(f"--init {args.init}: cannot read it", RuntimeError):
-            init = st.read_checkpoint(args.init, args.trust)
+    init = None if ckpt else cli.read_init(args)
     if args.stage == "vae":
-        if distributed:
-            raise SystemExit("--stage vae trains in one process (no torchrun)")
         stage, model = None, st.AutoencoderKL(toy.TOY_VAE_DDCONFIG, toy.TOY_VAE_EMBED_DIM).to(args.device)
     else:
         stage, cfg = cli.first_stage(args, cfg, init)
@@ -113,8 +108,7 @@ def setup(args, ckpt=None, folder=None):
 
 def init_weights(run, state):
     """--init: raw weights to train, EMA weights and update count to the EMA (as the official code); returns a line.
-    A Lightning checkpoint is mapped by load_official; ours (a run's ckpt.pt, or an --export file, whose one set of
-    weights is the EMA) must hold the config of the model asked for."""
+    Lightning's are mapped by load_official; ours (a ckpt.pt or an --export file) must be of the model asked for."""
     path, model = run.args.init, run.model
     if not ("config" in state and "model" in state):
         report = st.load_official(model, state, ema=False, name=path)
@@ -154,8 +148,7 @@ def restore(run, ckpt):
 
 
 def loaders(run):
-    """(train set, validation set, their loaders, full batches per epoch). Through a learned toy first stage the clips
-    are encoded once (toy.EncodedClips): training clips start every half clip, validation clips on the clip grid."""
+    """(train set, validation set, their loaders, full batches per epoch); a toy VAE's clips are encoded once."""
     args, c = run.args, run.cfg.clip_samples
     if args.data == "toy":
         sets = (toy.ToyDataset(args.toy_songs, c, seed=args.seed, train=True),
@@ -190,8 +183,7 @@ def batch_loss(run, batch):
 
 
 def train_step(run, micro_batches):
-    """One optimiser step over the `accum` micro-batches; returns (loss, gradient norm, learning rate), or raises
-    UnstableStep with the weights, EMA and running mean untouched."""
+    """One optimiser step over `accum` micro-batches → (loss, gradient norm, learning rate), or UnstableStep."""
     args = run.args
     # 1. warm-up as the official code: lr grows linearly from 0 (the first update) to its value at step `warmup`
     lr = args.lr * min(1.0, run.step / args.warmup) if args.warmup else args.lr
@@ -243,8 +235,7 @@ def skip_or_stop(run, err):
 
 @torch.no_grad()
 def validate(run, loader):
-    """Mean ε-loss of the EMA model on fixed clips, steps and noise, so values are comparable across a run; for
-    --stage vae the L1 of the posterior-mean reconstruction and LDM's scale factor."""
+    """Mean ε-loss of the EMA model on fixed clips, steps and noise (comparable across a run); --stage vae: its L1."""
     if run.args.stage == "vae":
         return toy.vae_validation(run.ema_model, torch.cat(list(itertools.islice(loader, run.args.val_batches))))
     g, losses = torch.Generator(run.args.device).manual_seed(1234), []
@@ -256,7 +247,7 @@ def validate(run, loader):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Files (rank 0, in run.folder): data_report.json, log.jsonl, ckpt.pt, the export
+# Files (rank 0, in run.folder): data_report.json, log.jsonl, ckpt.pt; finish() writes the --export
 
 def start_outputs(run, train_set, val_set, batches_per_epoch):
     """Write data_report.json and say what is trained; returns log.jsonl, open (None on the other ranks)."""
@@ -275,8 +266,7 @@ def start_outputs(run, train_set, val_set, batches_per_epoch):
 
 
 def save(run, val_loader):
-    """Rank 0 writes ckpt.pt atomically; a failed write (disk full) stops the run with the previous checkpoint intact.
-    The first checkpoint of an --overwrite run replaces the old run by the new one (RunFolder.saved)."""
+    """Rank 0 writes ckpt.pt atomically; a failed write (disk full) stops the run, the previous checkpoint intact."""
     if run.folder is None:
         return
     state = dict(optimizer=run.opt.state_dict(), step=run.step, epoch=run.epoch, batch_in_epoch=run.batch_in_epoch,
@@ -296,13 +286,7 @@ def save(run, val_loader):
         kept = f"the last good checkpoint is step {run.last_good}" if run.last_good else "no checkpoint was written"
         raise SystemExit(f"step {run.step}: {err.strerror or err}; {kept}") from None
     run.last_good = run.step
-    run.folder.saved()
-
-
-def export(args):
-    """--export: the run's ckpt.pt as a small float16 file of the EMA weights."""
-    os.makedirs(os.path.dirname(args.export) or ".", exist_ok=True)
-    st.export_checkpoint(os.path.join(args.out, "ckpt.pt"), args.export)
+    run.folder.saved()  # the first checkpoint of an --overwrite run replaces the old run
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -318,9 +302,7 @@ def main(argv=None):
 
 
 def train(args):
-    ckpt = None
-    if args.resume:
-        args, ckpt = cli.resume_args(args)
+    args, ckpt = cli.resume_args(args) if args.resume else (args, None)
     with contextlib.ExitStack() as files:
         folder = None
         if int(os.environ.get("RANK", 0)) == 0:  # rank 0 alone owns the files; its refusal stops torchrun's others
@@ -330,7 +312,8 @@ def train(args):
         if ckpt and ckpt["step"] >= args.steps:  # nothing to train; an --export is still written
             print(f"{args.out} finished at step {ckpt['step']}; pass --steps M (M > {ckpt['step']}) to continue")
             if args.export and folder:
-                export(args)
+                os.makedirs(os.path.dirname(args.export) or ".", exist_ok=True)
+                st.export_checkpoint(os.path.join(args.out, "ckpt.pt"), args.export)
                 print(f"exported {args.export}")
             return
         run = setup(args, ckpt, folder)
@@ -398,11 +381,12 @@ def finish(run, log, val_loader):
         save(run, val_loader)
     if log:
         log.close()
-        if args.export and not run.stop:
-            export(args)
         if run.stop:
             raise SystemExit(f"interrupted at step {run.step}: kept {args.out}/ckpt.pt (step {run.step}); continue "
                              f"with `python train.py --resume {args.out}`")
+        if args.export:  # the EMA weights in float16: a small file for sample.py
+            os.makedirs(os.path.dirname(args.export) or ".", exist_ok=True)
+            st.export_checkpoint(os.path.join(args.out, "ckpt.pt"), args.export)
         print(f"step {run.step}: wrote {args.out}/ckpt.pt and {args.out}/log.jsonl"
               + (f"; exported {args.export}" if args.export else "")
               + (f"; train the denoiser on it with `python train.py --preset toy --first-stage {args.out}/ckpt.pt`"
