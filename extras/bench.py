@@ -33,7 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import metrics  # noqa: E402  (the repo root is on the path only from here on)
+import cli  # noqa: E402  (the repo root is on the path only from here on)
+import metrics  # noqa: E402
 import synctrack as st  # noqa: E402
 import toy  # noqa: E402
 import train  # noqa: E402
@@ -152,11 +153,11 @@ def bench_paper(args):
 # bench.py gpu: the paper config's numbers on an accelerator (runs on a CPU with --tiny)
 
 def gpu_run(args, folder, first_stage, batch_size, compile_):
-    """A train.Run built by train.py's own setup, as `train.py --preset ... --compile` would build it."""
+    """A train.Run from train.py's command line (cli.py) and setup, as `train.py --preset ... --compile` builds it."""
     argv = ["--preset", "tiny" if args.tiny else "paper", "--first-stage", first_stage, "--batch-size",
             str(batch_size), "--device", args.device, "--out", str(folder / "run"), "--warmup", "1"]
     argv += ["--precision", "fp32"] if args.fp32 else []
-    return train.setup(train.parse_args(argv + (["--compile"] if compile_ else [])))
+    return train.setup(cli.parse_args(argv + (["--compile"] if compile_ else [])))
 
 
 def waves(run, batch_size):
