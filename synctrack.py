@@ -1,12 +1,11 @@
 """SyncTrack, minimal: the paper in one file you read beside it.
 
-"SyncTrack: Rhythmic Stability and Synchronization in Multi-Track Music Generation" (Wang, Zhang et al., ICLR 2026).
-A 4-track (bass, drums, guitar, piano) latent diffusion model on top of MusicLDM: a UNet denoiser processes each track's
-latent with track-shared modules (ResBlock + inner-track, global cross-track and time-specific cross-track attention)
-and track-specific modules conditioned on a learnable instrument prior.
+"SyncTrack: Rhythmic Stability and Synchronization in Multi-Track Music Generation" (Wang, Zhang et al., ICLR 2026):
+4-track (bass, drums, guitar, piano) latent diffusion on MusicLDM, a UNet denoiser with track-shared modules (ResBlock +
+inner-track, global and time-specific cross-track attention) and track-specific modules with an instrument prior.
 
   I.   The paper (§3), standing on its own: SyncTrackConfig, PRESETS (Table A3, §5.1, official config);
-       timestep_embedding, InstrumentPrior; ResBlock, Downsample, Upsample (Fig. 3b); Attention (inner-track),
+       timestep_embedding, InstrumentPrior; ResBlock, downsample, Upsample (Fig. 3b); Attention (inner-track),
        GlobalCrossTrackAttention (Eq. 4), TimeCrossTrackAttention (Eq. 5), TrackSharedTransformer (Fig. 3a);
        TrackSpecificModule, TrackSharedModule (Fig. 2b); SyncTrack, the denoiser ε_θ({z_l^s}, l);
        q_sample, diffusion_loss (Eq. 2), ddim_sample (DDIM; App. A.8 arrangement)
@@ -15,9 +14,8 @@ and track-specific modules conditioned on a learnable instrument prior.
   III. Checkpoints: read_checkpoint (safe by default), OFFICIAL_KEY_MAP + load_official (the released weights),
        save_checkpoint, write_checkpoint, export_checkpoint, load_model (ours: the config inside)
 
-toy.py holds the first stages that need no MusicLDM weights; metrics.py the rhythm metrics (Eqs. 6-8). Left out: the
-official code's dead mixture conditioning (its UNet discards the concat channels), classifier-free guidance (scale 0,
-a no-op there), Lightning, YAML and registries.
+toy.py holds the first stages without MusicLDM weights; metrics.py the rhythm metrics (Eqs. 6-8). Left out: the
+official code's dead mixture conditioning and classifier-free guidance (scale 0, a no-op there), Lightning, YAML.
 
 Notation (code name -> paper symbol):
     B batch, S tracks (s), C channels, T time frames (t), F frequency bins (f), L tokens per track (T·F), N samples
@@ -179,13 +177,8 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + self.out_layers(h)
 
 
-class Downsample(nn.Module):
-    def __init__(self, ch):
-        super().__init__()
-        self.op = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.op(x)
+def downsample(ch):  # (B*S, C, T, F) -> (B*S, C, T/2, F/2): a stride-2 3×3 conv, official name `op`
+    return nn.Sequential(collections.OrderedDict(op=nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
 
 
 class Upsample(nn.Module):
@@ -376,7 +369,7 @@ class SyncTrack(nn.Module):
                 ch = mult * mc
                 skip_chans.append(ch)
             if level < len(cfg.channel_mult) - 1:
-                self.input_blocks.append(TrackSharedModule([Downsample(ch)]))
+                self.input_blocks.append(TrackSharedModule([downsample(ch)]))
                 skip_chans.append(ch)
                 ds *= 2
         # Middle (Table A3 4-19 … 4-21, one official block): ResBlock, attention, ResBlock
@@ -548,10 +541,8 @@ class VAEResnetBlock(nn.Module):
 
     def __init__(self, c_in, c_out):
         super().__init__()
-        self.norm1 = nn.GroupNorm(32, c_in, eps=1e-6)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2 = nn.GroupNorm(32, c_out, eps=1e-6)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm1, self.conv1 = nn.GroupNorm(32, c_in, eps=1e-6), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(32, c_out, eps=1e-6), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x):  # (B, C_in, T, F) -> (B, C_out, T, F)
@@ -566,10 +557,7 @@ class VAEAttnBlock(nn.Module):
     def __init__(self, channels):
         super().__init__()
         self.norm = nn.GroupNorm(32, channels, eps=1e-6)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(channels, channels, 1) for _ in range(4))
 
     def forward(self, x):  # (B, C, T, F) -> (B, C, T, F)
         b, c, t, f = x.shape
@@ -585,8 +573,7 @@ class VAEDownsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x):  # (B, C, T, F) -> (B, C, T/2, F/2)
-        # official asymmetric padding: one extra row and column at the end only
-        return self.conv(nnf.pad(x, (0, 1, 0, 1)))
+        return self.conv(nnf.pad(x, (0, 1, 0, 1)))  # official asymmetric padding: a row and a column at the end
 
 
 def _vae_mid(ch):  # the bottleneck both halves share (official `mid`): ResBlock, attention, ResBlock
@@ -705,8 +692,7 @@ class HiFiGAN(nn.Module):
         width = config["upsample_initial_channel"]
         self.kernels_per_stage = len(config["resblock_kernel_sizes"])
         self.conv_pre = nn.Conv1d(config["num_mels"], width, 7, padding=3)
-        self.ups = nn.ModuleList()
-        self.resblocks = nn.ModuleList()
+        self.ups, self.resblocks = nn.ModuleList(), nn.ModuleList()
         for rate, kernel in zip(config["upsample_rates"], config["upsample_kernel_sizes"]):
             self.ups.append(nn.ConvTranspose1d(width, width // 2, kernel, stride=rate, padding=(kernel - rate) // 2))
             width //= 2
@@ -750,7 +736,7 @@ def check_latent(z, channels, bins):
 
 
 class MusicLDMFirstStage(nn.Module):
-    """Frozen MusicLDM VAE + HiFi-GAN: Eq. (1) z = scale · VAE_enc(STFT&MelFB(x)), Eq. (3) x̂ = HiFiGAN(VAE_dec(z/scale)).
+    """MusicLDM's frozen VAE + HiFi-GAN: Eq. (1) z = scale·VAE_enc(STFT&MelFB(x)), (3) x̂ = HiFiGAN(VAE_dec(z/scale)).
     The toy stage (toy.py, kind "toy-vae") is this pipeline in miniature: a small VAE, Griffin-Lim as vocoder."""
 
     def __init__(self, vae, vocoder, scale_factor, kind="musicldm"):
@@ -821,9 +807,8 @@ def fold_weight_norm(state):
 def _load_official_pair(folder, trust):
     """The official separate files: a Lightning-style VAE state dict and a weight-norm HiFi-GAN generator."""
     vae_file = read_checkpoint(folder / "vae-ckpt.ckpt", trust)
-    # loss.* (LPIPS, discriminator) trains the VAE only; vocoder.* is ignored by the official loader too
-    vae_state = {k: v for k, v in vae_file.get("state_dict", vae_file).items()
-                 if not k.startswith(("loss.", "vocoder."))}
+    vae_state = {k: v for k, v in vae_file.get("state_dict", vae_file).items()  # loss.*: LPIPS and discriminator
+                 if not k.startswith(("loss.", "vocoder."))}                   # vocoder.*: ignored officially too
     hifigan_file = read_checkpoint(folder / "hifigan-ckpt.ckpt", trust)
     if "generator" not in hifigan_file:
         raise ValueError(f"{folder / 'hifigan-ckpt.ckpt'}: no 'generator' entry (keys: {sorted(hifigan_file)[:10]})")
@@ -922,11 +907,11 @@ def official_to_ours(key):  # OFFICIAL_KEY_MAP's rows in order
 
 def official_config(unet_config, **overrides):
     """The SyncTrackConfig matching an official `unet_config` dict (variant "official")."""
-    return SyncTrackConfig(latent_channels=unet_config["in_channels"], model_channels=unet_config["model_channels"],
-                           channel_mult=tuple(unet_config["channel_mult"]),
-                           num_res_blocks=unet_config["num_res_blocks"],
-                           attention_ds=tuple(unet_config["attention_resolutions"]),
-                           head_channels=unet_config["num_head_channels"], variant="official", **overrides)
+    u = unet_config
+    return SyncTrackConfig(latent_channels=u["in_channels"], model_channels=u["model_channels"],
+                           channel_mult=u["channel_mult"], num_res_blocks=u["num_res_blocks"],
+                           attention_ds=u["attention_resolutions"], head_channels=u["num_head_channels"],
+                           variant="official", **overrides)
 
 
 def load_official(model, src, ema=True, trust=False, name=None):
@@ -936,8 +921,8 @@ def load_official(model, src, ema=True, trust=False, name=None):
     OFFICIAL_KEY_MAP, shapes are checked; from MusicLDM the SYNCTRACK_NEW tensors start fresh; misfits raise KeyError.
     The released SyncTrack weights need SyncTrackConfig(variant="official")."""
     name = src if isinstance(src, str) else name or "checkpoint"
-    state = src if isinstance(src, dict) else read_checkpoint(src, trust)
-    state = state.get("state_dict", state)
+    loaded = src if isinstance(src, dict) else read_checkpoint(src, trust)
+    state = loaded.get("state_dict", loaded)
     prefix = "model.diffusion_model."
     unet = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not unet:
@@ -1005,11 +990,10 @@ def export_checkpoint(src, dst):
 
 def load_model(src, ema=True):
     """(SyncTrack rebuilt from its config, in eval mode, with the EMA weights unless ema=False; the checkpoint dict)."""
-    name = "checkpoint" if isinstance(src, dict) else src
     ckpt = src if isinstance(src, dict) else read_checkpoint(src)
     if "config" not in ckpt or "model" not in ckpt:
-        raise KeyError(f"{name}: not a SyncTrack-minimal checkpoint (no 'config'/'model'); "
-                       f"for official checkpoints use load_official")
+        raise KeyError(f"{'checkpoint' if isinstance(src, dict) else src}: not a SyncTrack-minimal checkpoint (no "
+                       f"'config'/'model'); for official checkpoints use load_official")
     model = SyncTrack(SyncTrackConfig.from_dict(ckpt["config"]))
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     model.load_state_dict({k: v.float() for k, v in weights.items()})
