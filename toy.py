@@ -319,7 +319,7 @@ class EncodedClips(torch.utils.data.Dataset):
                                               for k, o in self.clips[i:i + batch_size]]))  # (b, S, c)
             posteriors.append(torch.stack(stage.posterior(wave.to(device)), 1).cpu())  # (b, 2, S, C, T, F)
         self.posteriors = torch.cat(posteriors)
-        self.report = dataset.report
+        self.report = {**dataset.report, "clips": len(self.clips)}  # the encoded clips, on their own grid
 
     def __len__(self):
         return len(self.posteriors)

@@ -387,9 +387,10 @@ def finish(run, log, val_loader):
         if args.export:  # the EMA weights in float16: a small file for sample.py
             os.makedirs(os.path.dirname(args.export) or ".", exist_ok=True)
             st.export_checkpoint(os.path.join(args.out, "ckpt.pt"), args.export)
+        songs = "" if args.data == "toy" else f" --data {args.data}"  # the songs the first stage learnt from
         print(f"step {run.step}: wrote {args.out}/ckpt.pt and {args.out}/log.jsonl"
               + (f"; exported {args.export}" if args.export else "")
-              + (f"; train the denoiser on it with `python train.py --preset toy --first-stage {args.out}/ckpt.pt`"
+              + (f"; train the denoiser on it: `python train.py --preset toy{songs} --first-stage {args.out}/ckpt.pt`"
                  if args.stage == "vae" else ""))
     if run.distributed:
         dist.destroy_process_group()

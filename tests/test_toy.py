@@ -17,7 +17,7 @@ import train
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "synctrack_toy.pt"
 TINY = ["--preset", "tiny", "--data", "toy", "--toy-songs", "8", "--batch-size", "2", "--log-every", "1",
-        "--threads", "2"]
+        "--threads", "1"]
 
 
 def small_vae(seed=0):

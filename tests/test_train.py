@@ -20,7 +20,7 @@ import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--preset", "tiny", "--data", "toy", "--toy-songs", "8", "--batch-size", "4", "--lr", "1e-3",
-        "--warmup", "5", "--log-every", "1", "--threads", "2"]
+        "--warmup", "5", "--log-every", "1", "--threads", "1"]
 
 
 def log(run):
@@ -39,7 +39,7 @@ def test_resume_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train.main(TINY + ["--steps", "6", "--out", str(straight)])
     train.main(TINY + ["--steps", "3", "--out", str(split)])     # 16 clips / batch 4: stops mid-epoch
-    train.main(["--resume", str(split), "--steps", "6", "--threads", "2"])
+    train.main(["--resume", str(split), "--steps", "6", "--threads", "1"])
     a = torch.load(straight / "ckpt.pt", weights_only=True)
     b = torch.load(split / "ckpt.pt", weights_only=True)
     assert b["step"] == 6
@@ -199,7 +199,7 @@ def lightning_init(tmp_path, monkeypatch, extra):
     raw = {**ref["state_dict"], prefix + key: ref["state_dict"][prefix + key] + 1}
     torch.save({"state_dict": {**raw, **shadow, **extra}}, tmp_path / "lightning.ckpt")
     train.main(["--preset", "tiny", "--init", str(tmp_path / "lightning.ckpt"), "--trust", "--steps", "0",
-                "--toy-songs", "2", "--batch-size", "1", "--threads", "2", "--out", str(tmp_path / "run")])
+                "--toy-songs", "2", "--batch-size", "1", "--threads", "1", "--out", str(tmp_path / "run")])
     return torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True), ref
 
 
@@ -261,7 +261,7 @@ def test_a_second_run_into_the_same_out_is_refused_and_ctrl_c_keeps_a_resumable_
     assert step >= 2 and line == (f"interrupted at step {step}: kept {run}/ckpt.pt (step {step}); continue with "
                                   f"`python train.py --resume {run}`")
     assert first.returncode != 0 and [r["step"] for r in log(run)] == list(range(1, step + 1))
-    train.main(["--resume", str(run), "--steps", str(step + 1), "--threads", "2"])
+    train.main(["--resume", str(run), "--steps", str(step + 1), "--threads", "1"])
     assert f"resumed from step {step}" in capsys.readouterr().out
     assert [r["step"] for r in log(run)] == list(range(1, step + 2))
 
