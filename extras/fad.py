@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `python extras/fad.py` works
 import metrics  # noqa: E402  (its table formatting)
-from data import MIX, atomic_write, check_outputs, find_samples, layout_of, read_audio  # noqa: E402  (the folder layouts, one reader)
+from data import MIX, atomic_write, check_outputs, find_samples, layout_of, read_audio  # noqa: E402  (one reader)
 
 VGGISH_SR = 16000
 VGGISH_WINDOW, VGGISH_HOP, VGGISH_FFT = 400, 160, 512  # 25 ms, 10 ms; FFT size: next power of two

@@ -17,7 +17,8 @@ def diffusers_vae_name(key, levels):
     renames = [
         (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
         (r"^encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
-        (r"^decoder\.up\.(\d+)\.block\.(\d+)\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}."),
+        (r"^decoder\.up\.(\d+)\.block\.(\d+)\.",
+         lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}."),
         (r"^decoder\.up\.(\d+)\.upsample\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0."),
         (r"\.mid\.block_(\d)\.", lambda m: f".mid_block.resnets.{int(m[1]) - 1}."),
         (r"\.mid\.attn_1\.norm\.", ".mid_block.attentions.0.group_norm."),
@@ -37,7 +38,8 @@ def write_safetensors(path, tensors):
     header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
     for name, tensor in tensors.items():
         data = tensor.contiguous().numpy().tobytes()
-        header[name] = {"dtype": codes[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {"dtype": codes[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
         offset += len(data)
     blob = json.dumps(header).encode()

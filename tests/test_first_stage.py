@@ -241,7 +241,8 @@ def test_lightning_checkpoint_key_errors(tmp_path, official, small_vocoder, smal
     del state["first_stage_model.decoder.conv_out.bias"]
     state["first_stage_model.encoder.extra.weight"] = torch.zeros(1)
     torch.save({"state_dict": state}, tmp_path / "broken.ckpt")
-    with pytest.raises(ValueError, match=r'AutoencoderKL: Missing key.*"decoder.conv_out.bias". Unexpected key.*"encoder.extra.weight"'):
+    missing = r'AutoencoderKL: Missing key.*"decoder.conv_out.bias". Unexpected key.*"encoder.extra.weight"'
+    with pytest.raises(ValueError, match=missing):
         fs.load_first_stage(tmp_path / "broken.ckpt")
     torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, tmp_path / "denoiser_only.ckpt")
     with pytest.raises(ValueError, match="no first_stage_model"):

@@ -1,5 +1,5 @@
-"""Listening report and rating page (extras/report.py): contents, embedding, blinding, ratings summary, bad input, and a real
-headless browser (skipped without chromium) that must load every player of the page."""
+"""Listening report and rating page (extras/report.py): contents, embedding, blinding, ratings summary, bad input,
+and a real headless browser (skipped without chromium) that must load every player of the page."""
 import base64
 import html
 import io

@@ -83,7 +83,8 @@ def test_layout_lengths_and_determinism(ckpt, tmp_path):
         {"settings.json": b["settings.json"]}
     # Seeds never overlap: --seed 1 piece 0 is not --seed 0 piece 1 (as seed + i made it).
     run(ckpt, tmp_path / "c", "--n", "1", "--seed", "1")
-    assert (a / "stem_0" / "sample_0001.wav").read_bytes() != (tmp_path / "c" / "stem_0" / "sample_0000.wav").read_bytes()
+    other = (tmp_path / "c" / "stem_0" / "sample_0000.wav").read_bytes()
+    assert (a / "stem_0" / "sample_0001.wav").read_bytes() != other
 
 
 def test_piece_generators_depend_on_seed_and_index_only():
@@ -123,7 +124,8 @@ def test_bad_given_arguments(ckpt, tmp_path):
     sf.write(tmp_path / "loud.wav", np.full(N, 3e4, np.float32), 16000, subtype="FLOAT")  # int16 values as floats
     refused("loud.wav: peak amplitude 3e\\+04", out + ["--given", f"bass={tmp_path / 'loud.wav'}"])
     sf.write(tmp_path / "a.wav", np.zeros(N, np.float32), 16000)
-    refused("drums given twice", out + ["--given", f"drums={tmp_path / 'a.wav'}", "--given", f"drums={tmp_path / 'a.wav'}"])
+    twice = ["--given", f"drums={tmp_path / 'a.wav'}"] * 2
+    refused("drums given twice", out + twice)
     refused("nothing is left", out + sum((["--given", f"{t}={tmp_path / 'a.wav'}"] for t in st.TRACKS), []))
     assert not (tmp_path / "out").exists()
 
@@ -141,7 +143,8 @@ def test_arguments_are_checked_before_loading_anything(bad, match, ckpt, tmp_pat
 
 
 @pytest.mark.parametrize("kind, match", [("missing", "no such file"), ("empty", "an empty file"),
-                                         ("truncated", "not a PyTorch checkpoint"), ("text", "not a PyTorch checkpoint"),
+                                         ("truncated", "not a PyTorch checkpoint"),
+                                         ("text", "not a PyTorch checkpoint"),
                                          ("folder", "a folder"), ("foreign", "cannot load it .KeyError")])
 def test_bad_checkpoint_files_are_one_line_naming_the_file(kind, match, ckpt, tmp_path):
     path = tmp_path / f"{kind}.pt"
@@ -469,7 +472,8 @@ def test_a_long_given_stem_is_arranged_window_by_window(ckpt, tmp_path):
         assert np.array_equal(written, given)
         assert sf.read(tmp_path / "o" / "bass" / name)[0].shape == (24000,)
     refused(r"--overlap 1.0: must be in \[0, 1\)", ["--ckpt", ckpt, "--out", str(tmp_path / "p"), "--overlap", "1"])
-    refused(r"--seconds -1.0: must be in \(0, 3600\]", ["--ckpt", ckpt, "--out", str(tmp_path / "p"), "--seconds", "-1"])
+    refused(r"--seconds -1.0: must be in \(0, 3600\]",
+            ["--ckpt", ckpt, "--out", str(tmp_path / "p"), "--seconds", "-1"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bf16 autocast is CUDA-only here)")

@@ -271,7 +271,8 @@ def test_key_map_drops_the_official_placeholder_layers():
         "output_blocks.5.1.global_attn.attn.to_out.weight"
     assert st.official_to_ours(block + "ff.net.0.proj.weight") == "output_blocks.5.1.ff.0.proj.weight"
     assert st.official_to_ours(block + "ff.net.2.weight") == "output_blocks.5.1.ff.1.weight"
-    assert st.official_to_ours(block + "attn_beat.self_attn.in_proj_weight") == "output_blocks.5.1.time_attn.in_proj.weight"
+    ours = "output_blocks.5.1.time_attn.in_proj.weight"
+    assert st.official_to_ours(block + "attn_beat.self_attn.in_proj_weight") == ours
     assert st.official_to_ours("out.2.weight") == "out.2.weight"  # a real index (GN, SiLU, conv) is left alone
 
 
