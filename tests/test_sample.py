@@ -43,14 +43,14 @@ def ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
-def run(ckpt, out, *extra):
-    sample.main(["--ckpt", ckpt, "--out", str(out), "--steps", "3", "--batch-size", "2", *extra])
+def run(ckpt, out, *extra, main=None):
+    (main or sample.main)(["--ckpt", ckpt, "--out", str(out), "--steps", "3", "--batch-size", "2", *extra])
 
 
-def refused(match, argv):
-    """sample.main(argv) exits with one line matching `match` (a message, not a traceback)."""
+def refused(match, argv, main=None):
+    """main(argv) (default sample.main) exits with one line matching `match` (a message, not a traceback)."""
     with pytest.raises(SystemExit) as e:
-        sample.main(argv)
+        (main or sample.main)(argv)
     message = str(e.value.code)
     assert "\n" not in message and re.search(match, message), message
     return message

@@ -12,6 +12,7 @@ import soundfile as sf
 
 import data
 import synctrack as st
+import test_sample
 from test_sample import N, ROOT, ckpt, refused, snapshot  # noqa: F401  (ckpt: the shared tiny-checkpoint fixture)
 
 sys.path.insert(0, str(ROOT / "extras"))
@@ -19,16 +20,11 @@ import sample_ddp  # noqa: E402
 
 
 def run(ckpt, out, *extra):
-    sample_ddp.main(["--ckpt", ckpt, "--out", str(out), "--steps", "3", "--batch-size", "2", *extra])
+    test_sample.run(ckpt, out, *extra, main=sample_ddp.main)
 
 
 def ddp_refused(match, argv):
-    """sample_ddp.main(argv) exits with one line matching `match`."""
-    with pytest.raises(SystemExit) as e:
-        sample_ddp.main(argv)
-    message = str(e.value.code)
-    assert "\n" not in message and re.search(match, message), message
-    return message
+    return refused(match, argv, main=sample_ddp.main)
 
 
 def songs_folder(root, names=("song",)):
